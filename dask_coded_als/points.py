@@ -31,7 +31,7 @@ __all__ = [
 
 POINT_FAMILIES = ("circle", "real")
 
-#: Above this many K-subsets the worst case is estimated (contiguous + random) instead of exhaustive.
+#: Above this many K-subsets the worst case is estimated (contiguous + random runs).
 EXHAUSTIVE_LIMIT = 5000
 
 

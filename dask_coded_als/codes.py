@@ -1,0 +1,488 @@
+"""Entangled polynomial codes and the coded-ALS stage codes (pure numpy; nothing here knows Dask).
+
+Two schemes share one interface, chosen by the evaluation points:
+
+Real points (``points="real"``), the paper's code
+    A (N x M) is split r x p, B (N x M') r x q. Worker w stores
+    ``A~(x) = sum A[j,i] x^(j + i r)`` and ``B~(x) = sum B[j,k] x^(r-1-j + k r p)`` at its point
+    ``x_w`` and returns ``A~(x_w)^T B~(x_w)``, a polynomial of degree ``p q r + r - 2`` whose
+    coefficient of ``x^(r-1 + i r + k r p)`` is the block ``C[i,k]`` of ``C = A^T B``.
+
+Points on the unit circle (the default)
+    The contraction dimension is split into 2r blocks and the two halves are paired into r
+    complex blocks ``a[j,i] = A_top[j,i] + 1j A_bottom[j,i]`` (likewise ``b``). Worker w stores
+    ``a~(z) = sum a[j,i] z^(j + i r)`` and ``b~(z) = conj(sum b[j,k] z^(j - k r p))`` and returns
+    ``a~(z_w)^T b~(z_w)``. Because ``conj(z) = 1/z`` on the circle this is a Laurent polynomial
+    with exponents ``-(r-1) .. p q r - 1`` (again ``p q r + r - 1`` of them), and the real part of
+    its coefficient of ``z^(i r + k r p)`` is
+    ``C[i,k] = sum_j A_top[j,i]^T B_top[j,k] + A_bottom[j,i]^T B_bottom[j,k]``.
+    Same recovery threshold and the same storage per worker as the real code; decoding is a
+    Vandermonde system on roots of unity, well conditioned for every straggler pattern. A worker's
+    product costs three real GEMMs with half the inner dimension (Gauss's trick), 1.5x the real
+    code's multiply-adds; see docs/numerics.md.
+
+Shards of the circle scheme are float64 arrays with a leading axis of 2 (real and imaginary
+planes), so everything that crosses the network is plain contiguous float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.linalg
+
+from dask_coded_als.points import evaluation_points
+
+__all__ = [
+    "EntangledPolynomialCode",
+    "ALSCode",
+    "NumericalWarning",
+    "ERROR_WARNING_LEVEL",
+]
+
+#: A decode whose estimated relative error (condition number x machine epsilon) exceeds this warns.
+ERROR_WARNING_LEVEL = 1e-6
+_EPS = float(np.finfo(np.float64).eps)
+_MAX_CACHED_SUBSETS = 4096
+#: Above this condition number a decode solves with an LU factorization instead of inverse rows.
+GEMM_CONDITION_LIMIT = 1e5
+
+
+class NumericalWarning(UserWarning):
+    """A decode whose estimated relative error exceeds :data:`ERROR_WARNING_LEVEL`."""
+
+
+class _Plan(NamedTuple):
+    rows: np.ndarray | None  # rows of the (pseudo-)inverse giving the wanted coefficients
+    lu: tuple[np.ndarray, np.ndarray] | None  # LU factors, for ill-conditioned square systems
+    cond: float
+
+
+def _pack(z: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.stack([z.real, z.imag]))
+
+
+def _unpack(planes: np.ndarray) -> np.ndarray:
+    return planes[0] + 1j * planes[1]
+
+
+def _conj_packed(planes: np.ndarray) -> np.ndarray:
+    return np.stack([planes[0], -planes[1]])
+
+
+def _matmul_t_packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a^T b`` for packed complex operands with three real GEMMs (Gauss's trick)."""
+    t1 = a[0].T @ b[0]
+    t2 = a[1].T @ b[1]
+    t3 = (a[0] + a[1]).T @ (b[0] + b[1])
+    return np.stack([t1 - t2, t3 - t1 - t2])
+
+
+class _Decoder:
+    """Decoding of a Vandermonde system, prepared once per set of answering workers.
+
+    A well-conditioned system is decoded with the precomputed rows of its inverse that give the
+    wanted coefficients: one GEMM. Applying an explicit inverse loses accuracy roughly with the
+    square of the condition number, so above :data:`GEMM_CONDITION_LIMIT` (a few straggler
+    patterns with many spare workers in one arc) the decode uses a cached LU factorization
+    instead, whose error grows only linearly with it.
+    """
+
+    def __init__(self, points: np.ndarray, exponents: np.ndarray, wanted: np.ndarray):
+        self.points = points
+        self.exponents = exponents
+        self.wanted = wanted  # positions (into exponents) of the coefficients to recover
+        self._cache: dict[tuple[int, ...], _Plan] = {}
+
+    @property
+    def threshold(self) -> int:
+        return len(self.exponents)
+
+    def plan(self, workers: tuple[int, ...]) -> _Plan:
+        cached = self._cache.get(workers)
+        if cached is not None:
+            return cached
+        matrix = self.points[list(workers), None] ** self.exponents[None, :]
+        singular = np.linalg.svd(matrix, compute_uv=False)
+        cond = float(singular[0] / singular[-1]) if singular[-1] > 0 else float("inf")
+        square = len(workers) == len(self.exponents)
+        if not square:
+            # More answers than needed: least squares over all of them, via the normal
+            # equations' well-conditioned cousin, the pseudo-inverse (conditioning improves).
+            plan = _Plan(np.ascontiguousarray(np.linalg.pinv(matrix)[self.wanted]), None, cond)
+        elif cond <= GEMM_CONDITION_LIMIT:
+            plan = _Plan(np.ascontiguousarray(np.linalg.inv(matrix)[self.wanted]), None, cond)
+        else:
+            plan = _Plan(None, scipy.linalg.lu_factor(matrix), cond)
+        if len(self._cache) >= _MAX_CACHED_SUBSETS:
+            self._cache.clear()
+        self._cache[workers] = plan
+        return plan
+
+    def estimated_error(self, workers: Sequence[int]) -> float:
+        """Condition number times machine epsilon: the relative error to expect from a decode."""
+        return self.plan(tuple(sorted(workers))).cond * _EPS
+
+    def apply(self, results: Mapping[int, np.ndarray], packed: bool, real_part: bool) -> np.ndarray:
+        """Recover the wanted coefficients; returns shape ``(len(wanted),) + block shape``."""
+        workers = tuple(sorted(results))
+        plan = self.plan(workers)
+        if plan.cond * _EPS > ERROR_WARNING_LEVEL:
+            warnings.warn(
+                f"decoding from workers {list(workers)} has condition number {plan.cond:.2e}; "
+                f"expect a relative error near {plan.cond * _EPS:.1e} (use points on the circle)",
+                NumericalWarning,
+                stacklevel=4,
+            )
+        first = results[workers[0]]
+        block_shape = first.shape[1:] if packed else first.shape
+        out_shape = (len(self.wanted),) + block_shape
+        n_planes = 2 if packed else 1
+        flat = np.stack([np.asarray(results[w]).reshape(n_planes, -1) for w in workers])
+        if plan.lu is not None:
+            values = flat[:, 0] + 1j * flat[:, 1] if packed else flat[:, 0]
+            out = scipy.linalg.lu_solve(plan.lu, values)[self.wanted]
+            if real_part or not packed:
+                out = out.real
+            return out.reshape(out_shape)
+        rows = plan.rows
+        if not packed:
+            out = rows @ flat[:, 0]
+            return (out.real if np.iscomplexobj(out) else out).reshape(out_shape)
+        # Only the real part is needed for products: two real GEMMs instead of a complex one.
+        out_re = rows.real @ flat[:, 0] - rows.imag @ flat[:, 1]
+        if real_part:
+            return out_re.reshape(out_shape)
+        out_im = rows.real @ flat[:, 1] + rows.imag @ flat[:, 0]
+        return (out_re + 1j * out_im).reshape(out_shape)
+
+
+def _check_results(
+    results: Mapping[int, Any], n_workers: int, threshold: int, shape: tuple[int, ...] | None
+) -> None:
+    if not isinstance(results, Mapping):
+        raise ValueError("results must map worker index -> that worker's result")
+    if len(results) < threshold:
+        raise ValueError(f"need results from at least {threshold} workers, got {len(results)}")
+    first_shape = None
+    for w, value in results.items():
+        if not isinstance(w, (int, np.integer)) or not 0 <= w < n_workers:
+            raise ValueError(f"unknown worker index {w!r}: workers are 0..{n_workers - 1}")
+        arr = np.asarray(value)
+        if first_shape is None:
+            first_shape = arr.shape
+        if arr.shape != first_shape or (shape is not None and arr.shape != shape):
+            expected = shape if shape is not None else first_shape
+            raise ValueError(f"result of worker {w} has shape {arr.shape}, expected {expected}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"result of worker {w} is not finite")
+
+
+class EntangledPolynomialCode:
+    """Entangled polynomial code for ``C = A^T B`` on ``n_workers`` workers.
+
+    ``A`` (N x M) is split into r x p blocks and ``B`` (N x M') into r x q blocks; the results of
+    any :attr:`recovery_threshold` = ``p q r + r - 1`` workers give ``C``.
+
+    Parameters
+    ----------
+    p, q, r : int
+        Partition parameters: p column blocks of A, q column blocks of B, r blocks of the shared
+        (contraction) dimension.
+    n_workers : int
+        Number of workers W (at least the recovery threshold).
+    points : {"circle", "real"}, array-like or None
+        Evaluation points, see :func:`dask_coded_als.points.evaluation_points`. The default
+        (points on the unit circle) decodes stably; ``"real"`` is the paper's real-valued code.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.standard_normal((12, 6)), rng.standard_normal((12, 4))
+    >>> code = EntangledPolynomialCode(p=2, q=2, r=3, n_workers=16)
+    >>> code.recovery_threshold
+    14
+    >>> a, b = code.encode_a(A), code.encode_b(B)
+    >>> results = {w: code.compute(a[w], b[w]) for w in range(2, 16)}
+    >>> np.allclose(code.decode(results), A.T @ B)
+    True
+    """
+
+    def __init__(
+        self,
+        p: int,
+        q: int,
+        r: int,
+        n_workers: int,
+        points: str | Sequence[complex] | None = None,
+    ):
+        for name, value in (("p", p), ("q", q), ("r", r)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.p, self.q, self.r = int(p), int(q), int(r)
+        self.points = evaluation_points(n_workers, points)
+        self.n_workers = int(n_workers)
+        if self.recovery_threshold > self.n_workers:
+            raise ValueError(
+                f"recovery threshold {self.recovery_threshold} exceeds n_workers={n_workers}"
+            )
+        self.complex = np.iscomplexobj(self.points)
+        self._offset = 0 if self.complex else self.r - 1
+        j = np.arange(self.r)
+        # Exponents of the product polynomial, lowest first, and where the blocks C[i, k] sit.
+        low = self._offset - (self.r - 1)
+        exponents = np.arange(low, low + self.recovery_threshold)
+        wanted = np.array(
+            [
+                self._offset + i * self.r + k * self.r * self.p - low
+                for k in range(self.q)
+                for i in range(self.p)
+            ]
+        )
+        self._product_decoder = _Decoder(self.points, exponents, wanted)
+        # Encoded B is a polynomial in its own right; decode_b interpolates it over the whole span
+        # of its exponents (contiguous when p = 1 or q = 1, as in coded ALS).
+        b_exponents = np.array(
+            [self._offset - jj + k * self.r * self.p for k in range(self.q) for jj in j]
+        )
+        span = np.arange(b_exponents.min(), b_exponents.max() + 1)
+        self._b_decoder = _Decoder(self.points, span, b_exponents - span[0])
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def recovery_threshold(self) -> int:
+        """Number of results that suffice to decode ``A^T B``: ``p q r + r - 1``."""
+        return self.p * self.q * self.r + self.r - 1
+
+    @property
+    def b_threshold(self) -> int:
+        """Number of encoded ``B`` shards that suffice to recover ``B`` (:meth:`decode_b`):
+        ``r q`` when p = 1 or q = 1."""
+        return self._b_decoder.threshold
+
+    @property
+    def contraction_blocks(self) -> int:
+        """How many blocks the shared dimension N is cut into (2r on the circle, r otherwise)."""
+        return 2 * self.r if self.complex else self.r
+
+    def estimated_error(self, workers: Sequence[int]) -> float:
+        """Relative decoding error to expect from these workers (condition number x epsilon)."""
+        return self._product_decoder.estimated_error(workers)
+
+    # -- encoding -----------------------------------------------------------------------------
+    def _blocks(self, M: np.ndarray, n_cols: int, name: str) -> np.ndarray:
+        """Blocks of M as an array (r, n_cols, rows, cols); complex-paired on the circle."""
+        M = np.asarray(M, dtype=np.float64)
+        if M.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
+        n_rows = self.contraction_blocks
+        if M.shape[0] % n_rows or M.shape[1] % n_cols:
+            raise ValueError(
+                f"{name} has shape {M.shape}: its rows must divide into {n_rows} blocks and its "
+                f"columns into {n_cols} (pad with zeros to a multiple)"
+            )
+        if not np.all(np.isfinite(M)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        rows, cols = M.shape[0] // n_rows, M.shape[1] // n_cols
+        blocks = M.reshape(n_rows, rows, n_cols, cols).transpose(0, 2, 1, 3)
+        if self.complex:
+            blocks = blocks[: self.r] + 1j * blocks[self.r :]
+        return blocks
+
+    def _encode(self, blocks: np.ndarray, exponents: np.ndarray, workers) -> list[np.ndarray]:
+        workers = range(self.n_workers) if workers is None else workers
+        shards = []
+        for w in workers:
+            coefficients = self.points[w] ** exponents  # (r, n_cols)
+            shard = np.tensordot(coefficients, blocks, axes=([0, 1], [0, 1]))
+            shards.append(_pack(shard) if self.complex else np.ascontiguousarray(shard))
+        return shards
+
+    def encode_a(self, A: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Encoded ``A`` for every worker (or for ``workers``), in worker order."""
+        blocks = self._blocks(A, self.p, "A")
+        j, i = np.meshgrid(np.arange(self.r), np.arange(self.p), indexing="ij")
+        return self._encode(blocks, j + i * self.r, workers)
+
+    def encode_b(self, B: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Encoded ``B`` for every worker (or for ``workers``), in worker order."""
+        blocks = self._blocks(B, self.q, "B")
+        j, k = np.meshgrid(np.arange(self.r), np.arange(self.q), indexing="ij")
+        exponents = self._offset - j + k * self.r * self.p
+        if self.complex:
+            # b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j) on the unit circle.
+            blocks = blocks.conj()
+        return self._encode(blocks, exponents, workers)
+
+    # -- the workers' product -----------------------------------------------------------------
+    def compute(self, a_shard: np.ndarray, b_shard: np.ndarray) -> np.ndarray:
+        """What a worker computes from its two shards: ``A~(x_w)^T B~(x_w)``."""
+        if self.complex:
+            return _matmul_t_packed(a_shard, b_shard)
+        return a_shard.T @ b_shard
+
+    @staticmethod
+    def scale_b(b_shard: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """``B~(x_w) G``, the encoding of ``B G`` (for real G), at the worker's own cost."""
+        return b_shard @ G
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, results: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``A^T B`` from the products of any :attr:`recovery_threshold` (or more) workers.
+
+        With more results than the threshold, all of them are used (least squares).
+        """
+        _check_results(results, self.n_workers, self.recovery_threshold, None)
+        blocks = self._product_decoder.apply(results, packed=self.complex, real_part=True)
+        # blocks are ordered k-major: (q * p, rows, cols)
+        rows, cols = blocks.shape[1:]
+        return (
+            blocks.reshape(self.q, self.p, rows, cols)
+            .transpose(1, 2, 0, 3)
+            .reshape(self.p * rows, self.q * cols)
+        )
+
+    def decode_b(self, shards: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``B`` from any :attr:`b_threshold` encoded ``B`` shards (e.g. the results of
+        :meth:`scale_b`, which give ``B G``)."""
+        _check_results(shards, self.n_workers, self.b_threshold, None)
+        coefficients = self._b_decoder.apply(shards, packed=self.complex, real_part=False)
+        # coefficients: (q * r, rows, cols) ordered k-major, j-minor
+        rows, cols = coefficients.shape[1:]
+        coefficients = coefficients.reshape(self.q, self.r, rows, cols)
+        if self.complex:
+            coefficients = coefficients.conj()
+            coefficients = np.concatenate([coefficients.real, coefficients.imag], axis=1)
+        n_rows = coefficients.shape[1]
+        return coefficients.transpose(1, 2, 0, 3).reshape(n_rows * rows, self.q * cols)
+
+
+class ALSCode:
+    """The codes of one coded-ALS iteration (the paper's Sec. III-C) for ``h x h`` blocks of D.
+
+    Stage 1 decodes ``E = D B`` from any ``h^2 + h - 1`` workers (an entangled code with
+    ``p = r = h, q = 1``), stages 2 and 3 decode ``F = B^T B`` and ``S = B^T E`` from any
+    ``2h - 1`` (``p = q = 1, r = h``), stage 4 decodes ``B+ = E G`` from any ``h``.
+
+    Parameters
+    ----------
+    h : int
+        Number of block rows (and columns) of D.
+    n_workers : int
+        Number of workers W, at least ``h^2 + h - 1``.
+    points : {"circle", "real"}, array-like or None
+        Evaluation points; see :class:`EntangledPolynomialCode`.
+
+    Notes
+    -----
+    Worker-side methods (``stage1`` ... ``stage4``) are pure functions of their arguments, so a
+    scheduler can run them anywhere the shards are. A *factor shard* holds what worker w needs of
+    B: ``f_L(B, x_w)`` and ``f_R(B, x_w)``. On the circle ``f_R = conj(f_L)``, so only ``f_L``
+    travels and the worker conjugates it.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> R = rng.standard_normal((40, 24))
+    >>> D, B = R.T @ R, rng.standard_normal((24, 3))
+    >>> code = ALSCode(h=2, n_workers=7)
+    >>> data, factor = code.encode_data(D), code.encode_factor(B)
+    >>> E = code.decode_stage1({w: code.stage1(data[w], factor[w]) for w in (0, 2, 3, 4, 6)})
+    >>> np.allclose(E, D @ B)
+    True
+    """
+
+    def __init__(self, h: int, n_workers: int, points: str | Sequence[complex] | None = None):
+        if not isinstance(h, (int, np.integer)) or h < 1:
+            raise ValueError(f"h must be a positive integer, got {h!r}")
+        self.h = int(h)
+        self.n_workers = int(n_workers)
+        self.product_code = EntangledPolynomialCode(h, 1, h, n_workers, points)
+        self.gram_code = EntangledPolynomialCode(1, 1, h, n_workers, points)
+        self.points = self.product_code.points
+        self.complex = self.product_code.complex
+
+    @property
+    def recovery_threshold(self) -> int:
+        """Workers needed per iteration: ``h^2 + h - 1`` (Lemma 2)."""
+        return self.product_code.recovery_threshold
+
+    @property
+    def stage_thresholds(self) -> dict[str, int]:
+        """Results needed by each stage, keyed by what it decodes."""
+        return {
+            "E": self.product_code.recovery_threshold,
+            "F": self.gram_code.recovery_threshold,
+            "S": self.gram_code.recovery_threshold,
+            "B": self.gram_code.b_threshold,
+        }
+
+    @property
+    def block_multiple(self) -> int:
+        """D's side must be a multiple of this (2h on the circle, h with real points)."""
+        return self.product_code.contraction_blocks
+
+    def padded_size(self, size: int) -> int:
+        """Smallest multiple of :attr:`block_multiple` that is at least ``size``."""
+        m = self.block_multiple
+        return -(-size // m) * m
+
+    # -- master side: encoding ----------------------------------------------------------------
+    def encode_data(self, D: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Coded data shards ``D~(x_w)`` (once per fit)."""
+        return self.product_code.encode_a(D, workers)
+
+    def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:
+        """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)``."""
+        left = self.gram_code.encode_a(B)
+        if self.complex:
+            return left
+        right = self.gram_code.encode_b(B)
+        return [np.stack([fl, fr]) for fl, fr in zip(left, right, strict=True)]
+
+    def encode_e(self, E: np.ndarray) -> list[np.ndarray]:
+        """Per-worker ``f_R(E, x_w)`` for stage 3."""
+        return self.gram_code.encode_b(E)
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _left_right(self, factor_shard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.complex:
+            return factor_shard, _conj_packed(factor_shard)
+        return factor_shard[0], factor_shard[1]
+
+    def stage1(self, data_shard: np.ndarray, factor_shard: np.ndarray) -> np.ndarray:
+        """``D~(x_w) f_R(B, x_w)`` (the costly product)."""
+        return self.product_code.compute(data_shard, self._left_right(factor_shard)[1])
+
+    def stage2(self, factor_shard: np.ndarray) -> np.ndarray:
+        """``f_L(B, x_w)^T f_R(B, x_w)``."""
+        left, right = self._left_right(factor_shard)
+        return self.gram_code.compute(left, right)
+
+    def stage3(self, factor_shard: np.ndarray, e_shard: np.ndarray) -> np.ndarray:
+        """``f_L(B, x_w)^T f_R(E, x_w)``."""
+        return self.gram_code.compute(self._left_right(factor_shard)[0], e_shard)
+
+    def stage4(self, e_shard: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """``f_R(E, x_w) G = f_R(E G, x_w)``."""
+        return self.gram_code.scale_b(e_shard, np.asarray(G, dtype=np.float64))
+
+    # -- master side: decoding ----------------------------------------------------------------
+    def decode_stage1(self, results: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``E = D B`` from any ``h^2 + h - 1`` stage-1 results (D is symmetric)."""
+        return self.product_code.decode(results)
+
+    def decode_stage2(self, results: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``F = B^T B`` from any ``2h - 1`` stage-2 results."""
+        return self.gram_code.decode(results)
+
+    def decode_stage3(self, results: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``S = B^T E`` from any ``2h - 1`` stage-3 results."""
+        return self.gram_code.decode(results)
+
+    def decode_stage4(self, results: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``B+ = E G`` from any ``h`` stage-4 results."""
+        return self.gram_code.decode_b(results)

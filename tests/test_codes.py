@@ -1,0 +1,300 @@
+"""Entangled polynomial codes and the coded-ALS stage codes, checked against numpy products."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
+from dask_coded_als.points import evaluation_points, worst_case_condition_number
+
+SCHEMES = [None, "real"]
+
+
+def rel_err(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
+def random_operands(code: EntangledPolynomialCode, rng, rows=2, cols=3):
+    n = code.contraction_blocks * rows
+    A = rng.standard_normal((n, code.p * cols))
+    B = rng.standard_normal((n, code.q * (cols + 1)))
+    return A, B
+
+
+def subsets(n_workers: int, k: int, rng, n_random: int = 20, exhaustive_limit: int = 5000):
+    """Every cyclic run of k consecutive points, all k-subsets when few, and random ones."""
+    out = {tuple(sorted((s + i) % n_workers for i in range(k))) for s in range(n_workers)}
+    if math.comb(n_workers, k) <= exhaustive_limit:
+        out.update(itertools.combinations(range(n_workers), k))
+    out.update(tuple(sorted(rng.choice(n_workers, k, replace=False))) for _ in range(n_random))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("points", SCHEMES)
+@pytest.mark.parametrize("pqr", [(1, 1, 1), (2, 2, 3), (3, 1, 2), (1, 3, 2), (2, 3, 1), (3, 2, 2)])
+def test_epc_decodes_a_transpose_b_from_any_threshold_subset(points, pqr):
+    rng = np.random.default_rng(sum(pqr))
+    p, q, r = pqr
+    code = EntangledPolynomialCode(p, q, r, p * q * r + r - 1 + 3, points)
+    assert code.recovery_threshold == p * q * r + r - 1
+    A, B = random_operands(code, rng)
+    a, b = code.encode_a(A), code.encode_b(B)
+    assert len(a) == len(b) == code.n_workers
+    products = [code.compute(a[w], b[w]) for w in range(code.n_workers)]
+    expected = A.T @ B  # general A^T B, A not symmetric
+    for subset in subsets(code.n_workers, code.recovery_threshold, rng, n_random=5):
+        decoded = code.decode({w: products[w] for w in subset})
+        assert decoded.shape == expected.shape
+        assert rel_err(decoded, expected) < 1e-9
+    # every result at once: least squares over all of them
+    limit = 1e-12 if points is None else 1e-10
+    assert rel_err(code.decode(dict(enumerate(products))), expected) < limit
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    p=st.integers(1, 3),
+    q=st.integers(1, 3),
+    r=st.integers(1, 3),
+    spare=st.integers(0, 3),
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 4),
+    circle=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_epc_property_random_shapes(p, q, r, spare, rows, cols, circle, seed):
+    rng = np.random.default_rng(seed)
+    code = EntangledPolynomialCode(p, q, r, p * q * r + r - 1 + spare, None if circle else "real")
+    A, B = random_operands(code, rng, rows, cols)
+    a, b = code.encode_a(A), code.encode_b(B)
+    chosen = [int(w) for w in rng.choice(code.n_workers, code.recovery_threshold, replace=False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumericalWarning)
+        decoded = code.decode({w: code.compute(a[w], b[w]) for w in chosen})
+    # the real code is only as good as its conditioning allows; the circle always decodes
+    limit = 1e-8 if circle else max(1e-8, 1e3 * code.estimated_error(chosen))
+    assert rel_err(decoded, A.T @ B) < limit
+    chosen_b = rng.choice(code.n_workers, code.b_threshold, replace=False)
+    assert rel_err(code.decode_b({int(w): b[w] for w in chosen_b}), B) < 1e-8
+
+
+@pytest.mark.parametrize("points", SCHEMES)
+def test_decode_b_recovers_scaled_operand(points):
+    rng = np.random.default_rng(3)
+    code = EntangledPolynomialCode(1, 1, 4, 10, points)
+    assert code.b_threshold == 4
+    B = rng.standard_normal((code.contraction_blocks * 3, 5))
+    G = rng.standard_normal((5, 5))
+    shards = code.encode_b(B)
+    scaled = {w: code.scale_b(shards[w], G) for w in (1, 4, 7, 9)}
+    assert rel_err(code.decode_b(scaled), B @ G) < 1e-12
+
+
+def test_circle_product_is_the_complex_product():
+    # The three-GEMM product of packed planes equals the complex product it stands for.
+    rng = np.random.default_rng(4)
+    code = EntangledPolynomialCode(2, 1, 2, 8)
+    A, B = random_operands(code, rng)
+    a, b = code.encode_a(A)[5], code.encode_b(B)[5]
+    product = code.compute(a, b)
+    expected = (a[0] + 1j * a[1]).T @ (b[0] + 1j * b[1])
+    np.testing.assert_allclose(product[0] + 1j * product[1], expected, rtol=1e-12, atol=1e-12)
+    # storage per worker equals the real code's: N/r x M/p reals
+    real = EntangledPolynomialCode(2, 1, 2, 8, "real")
+    assert a.size == real.encode_a(A)[5].size
+
+
+class TestBadInput:
+    code = EntangledPolynomialCode(2, 1, 2, 8)
+
+    def shards(self):
+        rng = np.random.default_rng(5)
+        A, B = random_operands(self.code, rng)
+        a, b = self.code.encode_a(A), self.code.encode_b(B)
+        return {w: self.code.compute(a[w], b[w]) for w in range(8)}
+
+    def test_too_few_results(self):
+        results = self.shards()
+        with pytest.raises(ValueError, match="at least 5 workers, got 4"):
+            self.code.decode({w: results[w] for w in range(4)})
+
+    def test_unknown_worker(self):
+        results = self.shards()
+        with pytest.raises(ValueError, match="unknown worker index 8"):
+            self.code.decode({**{w: results[w] for w in range(4)}, 8: results[0]})
+
+    def test_mismatched_shapes(self):
+        results = self.shards()
+        results[3] = results[3][:, :1]
+        with pytest.raises(ValueError, match="result of worker 3 has shape"):
+            self.code.decode(results)
+
+    def test_non_finite_result(self):
+        results = self.shards()
+        results[2] = np.full_like(results[2], np.nan)
+        with pytest.raises(ValueError, match="not finite"):
+            self.code.decode(results)
+
+    @pytest.mark.parametrize("points", SCHEMES)
+    def test_indivisible_dimensions(self, points):
+        code = EntangledPolynomialCode(2, 1, 2, 8, points)
+        with pytest.raises(ValueError, match="pad with zeros"):
+            code.encode_a(np.ones((code.contraction_blocks * 2 + 1, 4)))
+        with pytest.raises(ValueError, match="pad with zeros"):
+            code.encode_a(np.ones((code.contraction_blocks * 2, 3)))
+
+    def test_threshold_above_workers(self):
+        with pytest.raises(ValueError, match="exceeds n_workers"):
+            EntangledPolynomialCode(2, 2, 2, 8)
+
+    def test_bad_partition_and_points(self):
+        with pytest.raises(ValueError, match="p must be a positive integer"):
+            EntangledPolynomialCode(0, 1, 1, 3)
+        with pytest.raises(ValueError, match="points must be one of"):
+            EntangledPolynomialCode(1, 1, 1, 3, "chebyshev")
+        with pytest.raises(ValueError, match="unit circle"):
+            evaluation_points(2, [0.5j, 1j])
+        with pytest.raises(ValueError, match="distinct"):
+            evaluation_points(2, [0.5, 0.5])
+
+
+# Stability of the default: for every straggler pattern, with K <= 41 and W - K <= 9.
+STABILITY_CASES = [
+    # (p, q, r, spare workers)
+    (6, 1, 6, 9),  # coded ALS stage 1 at h = 6: K = 41, W = 50
+    (6, 1, 6, 3),
+    (6, 1, 6, 2),  # W = 43: exhaustive over all C(43, 41) = 903 subsets
+    (5, 1, 5, 9),  # K = 29, W = 38
+    (5, 1, 5, 3),
+    (4, 1, 4, 9),
+    (3, 1, 3, 9),
+    (3, 1, 3, 3),  # C(14, 11) = 364: exhaustive
+    (1, 1, 6, 9),  # stages 2 and 3 at h = 6: K = 11, W = 20
+    (1, 1, 6, 3),
+    (2, 2, 3, 9),
+]
+
+
+@pytest.mark.parametrize("p,q,r,spare", STABILITY_CASES)
+def test_default_points_decode_stably_for_every_straggler_pattern(p, q, r, spare):
+    rng = np.random.default_rng(p * 100 + q * 10 + r + spare)
+    k = p * q * r + r - 1
+    code = EntangledPolynomialCode(p, q, r, k + spare)
+    A, B = random_operands(code, rng)
+    a, b = code.encode_a(A), code.encode_b(B)
+    products = [code.compute(a[w], b[w]) for w in range(code.n_workers)]
+    expected = A.T @ B
+    limit = 1e-10 if spare <= 3 else 1e-8
+    worst = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalWarning)
+        for subset in subsets(code.n_workers, k, rng, n_random=30):
+            worst = max(worst, rel_err(code.decode({w: products[w] for w in subset}), expected))
+    assert worst < limit
+
+
+def test_real_points_fail_where_the_circle_succeeds():
+    # The paper's real-valued code at h = 6 (K = 41) cannot decode in float64; it must say so.
+    rng = np.random.default_rng(6)
+    for points, should_work in ((None, True), ("real", False)):
+        code = EntangledPolynomialCode(6, 1, 6, 44, points)
+        A, B = random_operands(code, rng)
+        a, b = code.encode_a(A), code.encode_b(B)
+        chosen = range(3, 44)  # the stragglers are the first three points
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decoded = code.decode({w: code.compute(a[w], b[w]) for w in chosen})
+        error = rel_err(decoded, A.T @ B)
+        warned = any(issubclass(w.category, NumericalWarning) for w in caught)
+        if should_work:
+            assert error < 1e-10 and not warned
+        else:
+            assert error > 1e-3 and warned
+
+
+def test_worst_case_condition_numbers_match_the_measured_table():
+    # docs/numerics.md: roots of unity stay small where real points blow up
+    assert worst_case_condition_number(18, 15) == pytest.approx(103, rel=0.02)
+    assert worst_case_condition_number(18, 15, "real") == pytest.approx(1.65e6, rel=0.05)
+    assert worst_case_condition_number(43, 41) < 100
+    assert 900 < worst_case_condition_number(44, 41) < 1100
+    with pytest.raises(ValueError):
+        worst_case_condition_number(5, 6)
+
+
+# ---- the coded-ALS stage codes ------------------------------------------------------------
+
+
+def direct_update(D: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Eq. (12): B+ = D B (B^T D B)^-1 B^T B, computed with numpy."""
+    E = D @ B
+    return E @ np.linalg.solve(B.T @ E, B.T @ B)
+
+
+@pytest.mark.parametrize("points", SCHEMES)
+@pytest.mark.parametrize("h", [1, 2, 3, 4])
+def test_one_coded_iteration_equals_eq_12(points, h):
+    rng = np.random.default_rng(h)
+    code = ALSCode(h, h * h + h - 1 + 2, points)
+    assert code.recovery_threshold == h * h + h - 1
+    assert code.stage_thresholds == {"E": h * h + h - 1, "F": 2 * h - 1, "S": 2 * h - 1, "B": h}
+    size = code.padded_size(4 * h + 1)
+    R = rng.standard_normal((3 * size, size))
+    D = R.T @ R
+    B = rng.standard_normal((size, 3))
+    data, factor = code.encode_data(D), code.encode_factor(B)
+
+    def pick(n):
+        return [int(w) for w in rng.choice(code.n_workers, n, replace=False)]
+
+    E = code.decode_stage1(
+        {w: code.stage1(data[w], factor[w]) for w in pick(code.stage_thresholds["E"])}
+    )
+    F = code.decode_stage2({w: code.stage2(factor[w]) for w in pick(2 * h - 1)})
+    e_shards = code.encode_e(E)
+    S = code.decode_stage3({w: code.stage3(factor[w], e_shards[w]) for w in pick(2 * h - 1)})
+    G = np.linalg.solve(S, F)
+    B_next = code.decode_stage4({w: code.stage4(e_shards[w], G) for w in pick(h)})
+    limit = 1e-10 if points is None else 1e-8  # real points lose digits from h = 4 on
+    assert rel_err(E, D @ B) < limit
+    assert rel_err(F, B.T @ B) < limit
+    assert rel_err(S, B.T @ D @ B) < limit
+    assert rel_err(B_next, direct_update(D, B)) < limit
+
+
+def test_padding_multiple_and_size():
+    assert ALSCode(3, 11).block_multiple == 6  # pairs of blocks on the circle
+    assert ALSCode(3, 11, "real").block_multiple == 3
+    assert ALSCode(3, 11).padded_size(100) == 102
+    assert ALSCode(3, 11, "real").padded_size(99) == 99
+
+
+def test_erratum_eq17_f_r_starts_with_the_last_block():
+    # f_R(C, x) = C_{h-1} + C_{h-2} x + ... + C_0 x^{h-1}; the paper's eq. 17 writes C_h first,
+    # which does not exist. The real code's right encoding must be exactly the corrected one.
+    rng = np.random.default_rng(7)
+    h, n_workers = 3, 11
+    code = ALSCode(h, n_workers, "real")
+    C = rng.standard_normal((h * 2, 4))
+    blocks = C.reshape(h, 2, 4)
+    xs = evaluation_points(n_workers, "real")
+    shards = code.encode_factor(C)
+    for w in range(n_workers):
+        f_left = sum(blocks[j] * xs[w] ** j for j in range(h))
+        f_right = sum(blocks[j] * xs[w] ** (h - 1 - j) for j in range(h))
+        np.testing.assert_allclose(shards[w][0], f_left, rtol=1e-13)
+        np.testing.assert_allclose(shards[w][1], f_right, rtol=1e-13)
+
+
+def test_circle_factor_shard_carries_half_the_upload():
+    # On the circle f_R = conj(f_L): one packed array per worker, l/h x d reals in all.
+    code, real = ALSCode(2, 5), ALSCode(2, 5, "real")
+    B = np.ones((8, 3))
+    assert code.encode_factor(B)[0].size * 2 == real.encode_factor(B)[0].size

@@ -1,7 +1,23 @@
-"""dask-coded-als: coded alternating least squares on Dask."""
+"""dask-coded-als: coded alternating least squares on Dask, tolerant of slow and dead workers."""
 
+from dask_coded_als.als import fit_als
+from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
+from dask_coded_als.engine import CodedALS
+from dask_coded_als.errors import ClusterError, CodedALSError, InputError
 from dask_coded_als.points import evaluation_points, worst_case_condition_number
 
 __version__ = "0.1.0"
 
-__all__ = ["evaluation_points", "worst_case_condition_number", "__version__"]
+__all__ = [
+    "ALSCode",
+    "ClusterError",
+    "CodedALS",
+    "CodedALSError",
+    "EntangledPolynomialCode",
+    "InputError",
+    "NumericalWarning",
+    "evaluation_points",
+    "fit_als",
+    "worst_case_condition_number",
+    "__version__",
+]

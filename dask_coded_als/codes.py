@@ -101,6 +101,10 @@ class _Decoder:
     def threshold(self) -> int:
         return len(self.exponents)
 
+    def __getstate__(self) -> dict:
+        # Codes travel with every task; the cached plans stay at the master.
+        return {**self.__dict__, "_cache": {}}
+
     def plan(self, workers: tuple[int, ...]) -> _Plan:
         cached = self._cache.get(workers)
         if cached is not None:

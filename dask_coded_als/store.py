@@ -1,0 +1,629 @@
+"""The ratings store: a Zarr v3 directory holding a ratings matrix, its Gram matrix and factors.
+
+Layout (version 1), all paths relative to the store directory::
+
+    zarr.json                root group; attrs below
+    ratings/indptr           int64  (n_users + 1,)  CSR row pointer over the sorted ratings
+    ratings/user             int32  (n_ratings,)    0-based user index, sorted by (user, item)
+    ratings/item             int32  (n_ratings,)    0-based item index
+    ratings/rating           float32 (n_ratings,)
+    ratings/timestamp        int64  (n_ratings,)    only when the source has timestamps
+    by_item/indptr           int64  (n_items + 1,)  the same ratings sorted by (item, user): the
+    by_item/user             int32  (n_ratings,)    rows of R^T, so that item-side blocks (and
+    by_item/rating           float32 (n_ratings,)   R R^T) need no global shuffle
+    ids/users                int64 or string (n_users,)  original id of every user index
+    ids/items                int64 or string (n_items,)  original id of every item index
+    ids/titles               string (n_items,)     only when a movies file was ingested
+    gram/D                   float64 (l, l)        written by :func:`compute_gram`
+    factors/U, factors/V     float64 (n_users, d), (n_items, d), written by :func:`write_factors`
+
+Index arrays are int64 instead of int32 when a dimension reaches 2**31. Users and items are
+numbered in the order of their original ids (numeric order for integer ids).
+
+Root attributes: ``layout`` (:data:`LAYOUT`), ``layout_version``, ``n_users``, ``n_items``,
+``n_ratings``, ``n_duplicates``, ``format``, ``source`` (file name), ``sha256`` (of the source
+file as stored on disk), ``id_type`` (``"int64"`` or ``"string"``), ``has_timestamps``,
+``has_titles``, ``movies_source``, ``ingest_id`` (random, changes with every ingest).
+
+Atomic replacement of the ``gram`` and ``factors`` groups: the new group is written completely
+under a temporary sibling name (``tmp-<name>-<random>``), then moved into place with directory
+renames (``os.rename``, atomic on one POSIX file system). An old group is first renamed to
+``old-<name>-<random>`` and deleted after the swap, so a failure at any point leaves either the
+complete old group or the complete new one under ``<name>`` (a crash exactly between the two
+renames leaves the old group under its ``old-`` name, where it can be recovered by hand). Readers
+never see a half-written group. Concurrent writers to one store are not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+import zarr
+from zarr.storage import LocalStore
+
+from dask_coded_als.errors import InputError
+
+__all__ = [
+    "LAYOUT",
+    "LAYOUT_VERSION",
+    "RatingsStore",
+    "open_store",
+    "ratings_matrix",
+    "ratings_dask",
+    "compute_gram",
+    "load_gram",
+    "write_factors",
+    "read_factors",
+]
+
+#: Value of the root attribute ``layout`` that marks a ratings store.
+LAYOUT = "dask-coded-als/ratings"
+#: Version of the layout written by this module; stores with a larger version are refused.
+LAYOUT_VERSION = 1
+
+#: Ratings per block when ``rows_per_chunk`` is not given (about 12 MiB of CSR data).
+TARGET_RATINGS_PER_BLOCK = 1_000_000
+#: Above this density a partial Gram sum is kept dense: adding dense arrays is then cheaper.
+_DENSE_THRESHOLD = 0.25
+
+
+class RatingsStore:
+    """A validated ratings store (see the module docstring for the layout).
+
+    Create it with :func:`open_store`. Arrays are read on demand; the object holds only the path
+    and the root attributes, so it is cheap to pickle and stays valid after :func:`write_factors`
+    or :func:`compute_gram` added groups.
+    """
+
+    def __init__(self, path: Path, attrs: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self._attrs = dict(attrs)
+
+    def __repr__(self) -> str:
+        return (
+            f"RatingsStore({str(self.path)!r}, n_users={self.n_users}, n_items={self.n_items}, "
+            f"n_ratings={self.n_ratings})"
+        )
+
+    def __reduce__(self):  # cached ids must not travel to dask workers
+        return (RatingsStore, (self.path, self._attrs))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """A copy of the root attributes."""
+        return dict(self._attrs)
+
+    @property
+    def n_users(self) -> int:
+        """Number of users (rows of R)."""
+        return int(self._attrs["n_users"])
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (columns of R)."""
+        return int(self._attrs["n_items"])
+
+    @property
+    def n_ratings(self) -> int:
+        """Number of stored ratings (after removing duplicates)."""
+        return int(self._attrs["n_ratings"])
+
+    @property
+    def has_timestamps(self) -> bool:
+        """Whether ``ratings/timestamp`` exists."""
+        return bool(self._attrs.get("has_timestamps", False))
+
+    @cached_property
+    def user_ids(self) -> np.ndarray:
+        """Original user ids, index-aligned (int64, or an object array of str)."""
+        return _read_ids(self.array("ids/users"))
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        """Original item ids, index-aligned (int64, or an object array of str)."""
+        return _read_ids(self.array("ids/items"))
+
+    @cached_property
+    def titles(self) -> np.ndarray | None:
+        """Item titles aligned with :attr:`item_ids` (``""`` where unknown), or None."""
+        if not self._attrs.get("has_titles", False):
+            return None
+        return _read_ids(self.array("ids/titles"))
+
+    @property
+    def has_gram(self) -> bool:
+        """Whether :func:`compute_gram` has written ``gram/D``."""
+        return (self.path / "gram" / "D" / "zarr.json").is_file()
+
+    @property
+    def has_factors(self) -> bool:
+        """Whether :func:`write_factors` has written ``factors``."""
+        return (self.path / "factors" / "zarr.json").is_file()
+
+    def array(self, name: str) -> zarr.Array:
+        """Open the array ``name`` (e.g. ``"ratings/item"``) read-only."""
+        try:
+            return zarr.open_array(LocalStore(self.path, read_only=True), path=name, mode="r")
+        except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(
+                f"{self.path}: cannot open array {name!r} ({_one_line(exc)})"
+            ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _read_ids(arr: zarr.Array) -> np.ndarray:
+    values = arr[...]
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64, copy=False)
+    # String arrays come back as numpy's StringDType; plain str objects are easier downstream.
+    return np.array(values.tolist(), dtype=object)
+
+
+StoreLike = RatingsStore | str | os.PathLike
+
+
+def _as_store(store: StoreLike) -> RatingsStore:
+    return store if isinstance(store, RatingsStore) else open_store(store)
+
+
+def _expected_arrays(attrs: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
+    """Required array -> (length, allowed dtype kinds)."""
+    n_users, n_items, n_ratings = attrs["n_users"], attrs["n_items"], attrs["n_ratings"]
+    id_kinds = "i" if attrs.get("id_type") == "int64" else "OTU"
+    expected = {
+        "ratings/indptr": (n_users + 1, "i"),
+        "ratings/user": (n_ratings, "i"),
+        "ratings/item": (n_ratings, "i"),
+        "ratings/rating": (n_ratings, "f"),
+        "by_item/indptr": (n_items + 1, "i"),
+        "by_item/user": (n_ratings, "i"),
+        "by_item/rating": (n_ratings, "f"),
+        "ids/users": (n_users, id_kinds),
+        "ids/items": (n_items, id_kinds),
+    }
+    if attrs.get("has_timestamps", False):
+        expected["ratings/timestamp"] = (n_ratings, "i")
+    if attrs.get("has_titles", False):
+        expected["ids/titles"] = (n_items, "OTU")
+    return expected
+
+
+def _dtype_kind(arr: zarr.Array) -> str:
+    try:
+        return np.dtype(arr.dtype).kind
+    except TypeError:
+        return "T"
+
+
+def open_store(path: str | os.PathLike) -> RatingsStore:
+    """Open a ratings store and check its layout.
+
+    Only metadata is read: the root attributes, and the shape and dtype of every required array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store directory written by :func:`dask_coded_als.ingest.ingest`.
+
+    Returns
+    -------
+    RatingsStore
+
+    Raises
+    ------
+    InputError
+        The path does not exist, is not a Zarr v3 group, is not a ratings store, has a newer
+        layout version, or misses an array or has one of the wrong shape or dtype.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such store")
+    if not p.is_dir():
+        raise InputError(f"{p}: not a store (a store is a directory)")
+    if not (p / "zarr.json").is_file():
+        raise InputError(f"{p}: not a Zarr v3 store (no zarr.json)")
+    try:
+        root = zarr.open_group(LocalStore(p, read_only=True), mode="r")
+        attrs = dict(root.attrs)
+    except Exception as exc:  # zarr raises many types for damaged metadata
+        raise InputError(f"{p}: cannot open the Zarr group ({_one_line(exc)})") from None
+    if attrs.get("layout") != LAYOUT:
+        raise InputError(f"{p}: not a ratings store (root attribute layout is not {LAYOUT!r})")
+    version = attrs.get("layout_version")
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"{p}: bad layout_version {version!r}")
+    if version > LAYOUT_VERSION:
+        raise InputError(
+            f"{p}: layout version {version} is newer than this package reads ({LAYOUT_VERSION})"
+        )
+    for key in ("n_users", "n_items", "n_ratings"):
+        value = attrs.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{p}: bad root attribute {key}={value!r}")
+    for name, (length, kinds) in _expected_arrays(attrs).items():
+        try:
+            arr = root[name]
+        except KeyError:
+            raise InputError(f"{p}: missing array {name!r}") from None
+        if not isinstance(arr, zarr.Array):
+            raise InputError(f"{p}: {name!r} is not an array")
+        if arr.shape != (length,):
+            raise InputError(f"{p}: array {name!r} has shape {arr.shape}, expected ({length},)")
+        if _dtype_kind(arr) not in kinds:
+            raise InputError(f"{p}: array {name!r} has the wrong dtype {arr.dtype}")
+    return RatingsStore(p, attrs)
+
+
+def _check_csr(store: RatingsStore, indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> None:
+    """Cheap consistency checks: a damaged store must not become a wrong matrix silently."""
+    if indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+        raise InputError(f"{store.path}: corrupt store (bad row pointer)")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        raise InputError(f"{store.path}: corrupt store (index out of range)")
+
+
+def ratings_matrix(store: StoreLike) -> sp.csr_matrix:
+    """Read the whole ratings matrix R.
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Shape ``(n_users, n_items)``, float64, sorted indices, no duplicate entries. A stored
+        rating of 0 stays an explicit entry.
+    """
+    st = _as_store(store)
+    indptr = st.array("ratings/indptr")[...].astype(np.int64, copy=False)
+    indices = st.array("ratings/item")[...]
+    data = st.array("ratings/rating")[...].astype(np.float64)
+    _check_csr(st, indptr, indices, st.n_items)
+    mat = sp.csr_matrix((data, indices, indptr), shape=(st.n_users, st.n_items), copy=False)
+    mat.has_sorted_indices = True
+    return mat
+
+
+def _load_block(
+    path: str, group: str, row_lo: int, row_hi: int, lo: int, hi: int, n_cols: int
+) -> sp.csr_matrix:
+    """Rows ``row_lo:row_hi`` of R (group ``ratings``) or R^T (group ``by_item``)."""
+    store = LocalStore(path, read_only=True)
+    indptr = zarr.open_array(store, path=f"{group}/indptr", mode="r")[row_lo : row_hi + 1]
+    col = "item" if group == "ratings" else "user"
+    indices = zarr.open_array(store, path=f"{group}/{col}", mode="r")[lo:hi]
+    data = zarr.open_array(store, path=f"{group}/rating", mode="r")[lo:hi].astype(np.float64)
+    indptr = indptr.astype(np.int64) - lo
+    mat = sp.csr_matrix((data, indices, indptr), shape=(row_hi - row_lo, n_cols), copy=False)
+    mat.has_sorted_indices = True
+    return mat
+
+
+def _row_bounds(indptr: np.ndarray, n_rows: int, rows_per_chunk: int | None) -> list[int]:
+    """Row boundaries of the blocks: fixed size, or about TARGET_RATINGS_PER_BLOCK ratings each."""
+    if n_rows == 0:
+        return [0, 0]
+    if rows_per_chunk is not None:
+        step = int(rows_per_chunk)
+        return [*range(0, n_rows, step), n_rows]
+    nnz = int(indptr[-1])
+    n_blocks = max(1, math.ceil(nnz / TARGET_RATINGS_PER_BLOCK))
+    # Split where the cumulative count of ratings crosses multiples of nnz / n_blocks.
+    cuts = np.searchsorted(indptr, np.arange(1, n_blocks) * (nnz / n_blocks))
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, n_rows - 1), [n_rows]]))
+    return [int(b) for b in bounds]
+
+
+def ratings_dask(
+    store: StoreLike, rows_per_chunk: int | None = None, *, transpose: bool = False
+) -> da.Array:
+    """R (or R^T) as a dask array of ``scipy.sparse.csr_matrix`` row blocks.
+
+    Each block is one task that reads its slice of the Zarr arrays, so nothing is loaded before
+    compute. The dask array has a single chunk along the columns.
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    rows_per_chunk : int, optional
+        Rows per block. Default: blocks of about :data:`TARGET_RATINGS_PER_BLOCK` ratings.
+    transpose : bool, default False
+        Return R^T (``n_items x n_users``, blocks of items) from the ``by_item`` arrays.
+
+    Returns
+    -------
+    dask.array.Array
+        float64, shape ``(n_users, n_items)`` (or transposed), chunks of CSR matrices.
+    """
+    st = _as_store(store)
+    if rows_per_chunk is not None and (
+        isinstance(rows_per_chunk, bool)
+        or not isinstance(rows_per_chunk, int | np.integer)
+        or rows_per_chunk < 1
+    ):
+        raise InputError(f"rows_per_chunk must be a positive integer, not {rows_per_chunk!r}")
+    group = "by_item" if transpose else "ratings"
+    n_rows, n_cols = (st.n_items, st.n_users) if transpose else (st.n_users, st.n_items)
+    indptr = st.array(f"{group}/indptr")[...].astype(np.int64, copy=False)
+    bounds = _row_bounds(indptr, n_rows, rows_per_chunk)
+    token = dask.base.tokenize(str(st.path), st.attrs.get("ingest_id"), group, bounds)
+    meta = sp.csr_matrix((0, 0), dtype=np.float64)
+    blocks = []
+    for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+        task = dask.delayed(_load_block, pure=True)(
+            str(st.path),
+            group,
+            r0,
+            r1,
+            int(indptr[r0]),
+            int(indptr[r1]),
+            n_cols,
+            dask_key_name=f"load-{group}-{token}-{r0}",
+        )
+        blocks.append(da.from_delayed(task, shape=(r1 - r0, n_cols), dtype=np.float64, meta=meta))
+    if len(blocks) == 1:
+        return blocks[0]
+    return da.concatenate(blocks, axis=0)
+
+
+def _block_gram(block: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
+    """R_i^T R_i for one row block, dense if that is smaller."""
+    prod = (block.T @ block).tocsr()
+    return _maybe_dense(prod)
+
+
+def _maybe_dense(mat: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
+    if sp.issparse(mat):
+        n = mat.shape[0] * mat.shape[1]
+        if n and mat.nnz > _DENSE_THRESHOLD * n:
+            return mat.toarray()
+    return mat
+
+
+def _sum_parts(*parts: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
+    """One node of the tree reduction: add sparse and dense partial sums."""
+    dense = [p for p in parts if not sp.issparse(p)]
+    sparse = [p for p in parts if sp.issparse(p)]
+    if dense:
+        total = dense[0].copy()
+        for p in dense[1:]:
+            total += p
+        for p in sparse:
+            total += p.toarray()
+        return total
+    total = sparse[0]
+    for p in sparse[1:]:
+        total = total + p
+    return _maybe_dense(total.tocsr())
+
+
+def _tree_sum(parts: list, split_every: int):
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_sum_parts, pure=True)(*parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def _tmp_name(kind: str, name: str) -> str:
+    return f"{kind}-{name}-{uuid.uuid4().hex[:12]}"
+
+
+def _swap_in(root: Path, tmp: str, name: str) -> None:
+    """Move group ``tmp`` to ``name`` with renames, replacing an existing ``name``."""
+    target = root / name
+    old = None
+    if target.exists():
+        old = root / _tmp_name("old", name)
+        os.rename(target, old)
+    try:
+        os.rename(root / tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_group(
+    st: RatingsStore,
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    chunks: Mapping[str, tuple[int, ...]],
+    array_attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write group ``name`` with ``arrays`` atomically (see the module docstring)."""
+    tmp = _tmp_name("tmp", name)
+    try:
+        root = zarr.open_group(LocalStore(st.path), mode="r+")
+        group = root.create_group(tmp, attributes=dict(attrs))
+        for key, value in arrays.items():
+            arr = group.create_array(
+                key,
+                shape=value.shape,
+                dtype=value.dtype,
+                chunks=chunks[key],
+                attributes=dict(array_attrs or {}),
+            )
+            arr[...] = value
+        _swap_in(st.path, tmp, name)
+    except BaseException:
+        shutil.rmtree(st.path / tmp, ignore_errors=True)
+        raise
+
+
+def compute_gram(
+    store: StoreLike,
+    *,
+    overwrite: bool = False,
+    rows_per_chunk: int | None = None,
+    split_every: int = 8,
+    scheduler: str | None = "threads",
+) -> tuple[np.ndarray, bool]:
+    """Compute the Gram matrix D of R and store it as ``gram/D``.
+
+    D = R^T R (``n_items x n_items``) when ``n_users >= n_items``, else D = R R^T
+    (``n_users x n_users``, flagged ``transposed``). With dask: one task per row block of R
+    (or of R^T, read from the ``by_item`` arrays) computes the sparse product ``B_i^T B_i``; a tree
+    reduction adds them (a partial sum turns dense once a quarter of it is filled). The dense R is
+    never formed; only the result is dense.
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    overwrite : bool, default False
+        Replace an existing ``gram`` group. Without it an existing one is an InputError.
+    rows_per_chunk : int, optional
+        Rows of R (or R^T) per block; see :func:`ratings_dask`.
+    split_every : int, default 8
+        Fan-in of the tree reduction.
+    scheduler : str or None, default "threads"
+        Passed to ``dask.compute``. The default keeps the work in this process with dask's
+        threaded scheduler even when a ``distributed.Client`` is active; ``None`` uses dask's
+        current default (an active Client then runs the tasks, whose workers must see the store's
+        file system).
+
+    Returns
+    -------
+    D : numpy.ndarray
+        float64, symmetric, shape ``(l, l)`` with ``l = min(n_users, n_items)``.
+    transposed : bool
+        True when D = R R^T.
+    """
+    st = _as_store(store)
+    if split_every < 2:
+        raise InputError(f"split_every must be >= 2, not {split_every!r}")
+    if st.has_gram and not overwrite:
+        raise InputError(f"{st.path}: gram exists; use --overwrite")
+    transposed = st.n_users < st.n_items
+    blocks = ratings_dask(st, rows_per_chunk, transpose=transposed).to_delayed().ravel().tolist()
+    parts = [dask.delayed(_block_gram, pure=True)(b) for b in blocks]
+    total = _tree_sum(parts, split_every)
+    (result,) = dask.compute(total, scheduler=scheduler)
+    gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
+    side = min(gram.shape[0], 2048) or 1
+    attrs = {
+        "transposed": transposed,
+        "n_users": st.n_users,
+        "n_items": st.n_items,
+        "ingest_id": st.attrs.get("ingest_id"),
+    }
+    _write_group(st, "gram", {"D": gram}, attrs, {"D": (side, side)}, {"transposed": transposed})
+    return gram, transposed
+
+
+def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
+    """Read the Gram matrix written by :func:`compute_gram`.
+
+    Returns
+    -------
+    D : numpy.ndarray
+    transposed : bool
+
+    Raises
+    ------
+    InputError
+        No ``gram`` group, or one left from another ingest.
+    """
+    st = _as_store(store)
+    if not st.has_gram:
+        raise InputError(f"{st.path}: no gram matrix; compute it first")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="gram", mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the gram matrix belongs to another ingest; recompute it")
+    gram = group["D"][...]
+    expected = min(st.n_users, st.n_items)
+    if gram.shape != (expected, expected):
+        raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
+    return gram, bool(attrs["transposed"])
+
+
+def write_factors(
+    store: StoreLike, U: np.ndarray, V: np.ndarray, attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Store the factors ``U`` (``n_users x d``) and ``V`` (``n_items x d``) as ``factors/``.
+
+    The group is written under a temporary name and renamed into place (see the module
+    docstring), replacing earlier factors, so a failure never leaves half-written factors.
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    U, V : array_like
+        Real factors with the same number of columns d >= 1; stored as float64.
+    attrs : mapping, optional
+        JSON-serializable metadata (parameters, history), stored as the group's attributes.
+
+    Raises
+    ------
+    InputError
+        Shapes that do not match the store, non-finite values, or attrs that JSON cannot encode.
+    """
+    st = _as_store(store)
+    u = np.asarray(U)
+    v = np.asarray(V)
+    if u.dtype.kind not in "iuf" or v.dtype.kind not in "iuf":
+        raise InputError(f"factors must be real arrays, not {u.dtype} and {v.dtype}")
+    u = u.astype(np.float64)
+    v = v.astype(np.float64)
+    if u.ndim != 2 or u.shape[0] != st.n_users:
+        raise InputError(f"U has shape {u.shape}, expected ({st.n_users}, d)")
+    if v.ndim != 2 or v.shape[0] != st.n_items:
+        raise InputError(f"V has shape {v.shape}, expected ({st.n_items}, d)")
+    if u.shape[1] != v.shape[1] or u.shape[1] < 1:
+        raise InputError(f"U and V need the same number d >= 1 of columns: {u.shape}, {v.shape}")
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise InputError("factors contain NaN or infinite values")
+    meta = dict(attrs or {})
+    try:
+        # Round trip through JSON: what is stored is exactly what read_factors returns.
+        meta = json.loads(json.dumps(meta))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"factor attrs are not JSON-serializable ({_one_line(exc)})") from None
+    d = u.shape[1]
+    chunks = {"U": (max(1, min(u.shape[0], 65536)), d), "V": (max(1, min(v.shape[0], 65536)), d)}
+    group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
+    _write_group(st, "factors", {"U": u, "V": v}, group_attrs, chunks)
+
+
+def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read the factors written by :func:`write_factors`.
+
+    Returns
+    -------
+    U : numpy.ndarray
+        float64, ``(n_users, d)``.
+    V : numpy.ndarray
+        float64, ``(n_items, d)``.
+    attrs : dict
+        The metadata given to :func:`write_factors`.
+    """
+    st = _as_store(store)
+    if not st.has_factors:
+        raise InputError(f"{st.path}: no factors stored")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="factors", mode="r")
+    meta = dict(group.attrs)
+    if meta.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the factors belong to another ingest")
+    return group["U"][...], group["V"][...], dict(meta.get("attrs", {}))

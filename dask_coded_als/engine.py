@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from typing import Any
@@ -54,7 +55,10 @@ def local_cluster(n_workers: int, **kwargs: Any) -> LocalCluster:
         silence_logs=logging.ERROR,
     )
     options.update(kwargs)
-    return LocalCluster(**options)
+    with warnings.catch_warnings():
+        # The scheduler's HTTP endpoint falls back to a free loopback port when 8787 is taken.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        return LocalCluster(**options)
 
 
 # ---- worker side ------------------------------------------------------------------------------

@@ -484,17 +484,24 @@ class CodedALS:
         rest = [f for w, f in futures.items() if w not in done]
         if rest:
             self._client.cancel(rest, force=True)
-        values = self._client.gather(list(done.values()))
-        results = {}
-        compute = []
-        for w, (value, seconds) in zip(done, values, strict=True):
-            results[w] = value
+        return self._gather(done, futures, failed, t0)
+
+    def _gather(
+        self, chosen: dict[int, Future], futures: dict[int, Future], failed: list[int], t0: float
+    ) -> tuple[dict[int, Any], dict]:
+        """Results of the ``chosen`` futures (keyed as given) and the stage's record."""
+        values = self._client.gather(list(chosen.values()))
+        results, compute = {}, []
+        for key, (value, seconds) in zip(chosen, values, strict=True):
+            results[key] = value
             compute.append(seconds)
             self._bytes_received += _nbytes(value)
+        chosen_keys = {f.key for f in chosen.values()}
+        used = {owner for owner, f in futures.items() if f.key in chosen_keys}
         info = {
             "seconds": time.perf_counter() - t0,
-            "used": sorted(done),
-            "late": sorted(w for w in futures if w not in done and w not in failed),
+            "used": sorted(used),
+            "late": sorted(w for w in futures if w not in used and w not in failed),
             "failed": sorted(failed),
             "compute": float(np.median(compute)),
         }
@@ -809,21 +816,7 @@ class CodedALS:
                 f"{len(first)} of {n_blocks} blocks arrived within "
                 f"stage_timeout={self.stage_timeout:g} s"
             ) from None
-        values = self._client.gather([futures[w] for w in first.values()])
-        results, compute = {}, []
-        for b, (value, seconds) in zip(first, values, strict=True):
-            results[b] = value
-            compute.append(seconds)
-            self._bytes_received += _nbytes(value)
-        used = set(first.values())
-        info = {
-            "seconds": time.perf_counter() - t0,
-            "used": sorted(used),
-            "late": sorted(w for w in futures if w not in used and w not in failed),
-            "failed": sorted(failed),
-            "compute": float(np.median(compute)),
-        }
-        return results, info
+        return self._gather({b: futures[w] for b, w in first.items()}, futures, failed, t0)
 
     # -- post-computation ------------------------------------------------------------------------
     def _post(self, R: Any, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

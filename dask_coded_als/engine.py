@@ -26,6 +26,7 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from dask_coded_als import als, theory
+from dask_coded_als._validation import check_int
 from dask_coded_als.codes import ALSCode
 from dask_coded_als.errors import ClusterError, InputError
 from dask_coded_als.stragglers import StragglerModel, TaskDelay
@@ -209,25 +210,19 @@ class CodedALS:
 
     # -- validation -------------------------------------------------------------------------
     def _validate(self, shape: tuple[int, int]) -> None:
-        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise InputError(f"{name} must be an integer, got {value!r}")
-            if value < minimum:
-                raise InputError(f"{name} must be >= {minimum}, got {value}")
-
         m, n = shape
-        positive_int("n_factors", self.n_factors)
+        check_int(self.n_factors, "n_factors", 1)
         if self.n_factors > min(m, n):
             raise InputError(
                 f"n_factors={self.n_factors} exceeds min(m, n) = {min(m, n)} of the {m} x {n} data"
             )
-        positive_int("n_workers", self.n_workers)
-        positive_int("n_stragglers", self.n_stragglers, minimum=0)
+        check_int(self.n_workers, "n_workers", 1)
+        check_int(self.n_stragglers, "n_stragglers", 0)
         if self.n_stragglers >= self.n_workers:
             raise InputError(
                 f"n_stragglers={self.n_stragglers} must be smaller than n_workers={self.n_workers}"
             )
-        positive_int("max_iter", self.max_iter, minimum=0)
+        check_int(self.max_iter, "max_iter", 0)
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("tol", "regularization", "straggler_delay", "stage_timeout"):
@@ -243,7 +238,7 @@ class CodedALS:
                 except ValueError as exc:
                     raise InputError(str(exc)) from None
             else:
-                positive_int("h", self.h)
+                check_int(self.h, "h", 1)
                 needed = theory.recovery_threshold(self.h) + self.n_stragglers
                 if needed > self.n_workers:
                     raise InputError(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from dask_coded_als._validation import check_int
 from dask_coded_als.errors import InputError
 
 __all__ = [
@@ -48,14 +49,6 @@ __all__ = [
 METRICS = ("precision@k", "recall@k", "ndcg@k", "map@k")
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise InputError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_sparse(matrix: Any, name: str) -> sp.csr_matrix:
@@ -201,8 +194,8 @@ def ranking_metrics(
     test = _check_sparse(test_csr, "test_csr")
     if train.shape != test.shape:
         raise InputError(f"train_csr has shape {train.shape}, test_csr has shape {test.shape}")
-    k = _check_int(k, "k", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    k = check_int(k, "k", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
     if isinstance(relevant, bool) or not isinstance(relevant, numbers.Real):
         raise InputError(f"relevant must be a number, got {relevant!r}")
     if not math.isfinite(relevant):

@@ -24,19 +24,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from dask_coded_als._validation import check_int
 from dask_coded_als.errors import InputError
 
 __all__ = ["recommend", "recommend_by_id", "similar_by_id", "similar_items"]
 
 Titles = Sequence[Any] | Mapping[Any, Any] | np.ndarray
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise InputError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_factors(factors: Any, name: str) -> np.ndarray:
@@ -51,7 +44,7 @@ def _check_factors(factors: Any, name: str) -> np.ndarray:
 
 
 def _check_index(value: Any, name: str, size: int) -> int:
-    index = _check_int(value, name, 0)
+    index = check_int(value, name, 0)
     if index >= size:
         raise InputError(f"{name} {index} out of range for {size} rows")
     return index
@@ -123,7 +116,7 @@ def recommend(
     if u.shape[1] != v.shape[1]:
         raise InputError(f"factor ranks differ: user {u.shape[1]}, item {v.shape[1]}")
     user = _check_index(user_index, "user_index", u.shape[0])
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     candidates = np.arange(v.shape[0])
     if exclude_rated:
         if ratings_csr is None:
@@ -294,7 +287,7 @@ def similar_items(
     """
     v = _check_factors(item_factors, "item_factors")
     item = _check_index(item_index, "item_index", v.shape[0])
-    n = _check_int(n, "n", 1)
+    n = check_int(n, "n", 1)
     norms = np.linalg.norm(v, axis=1)
     safe = np.where(norms > 0, norms, 1.0)
     unit = v / safe[:, None]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 from distributed import Client
@@ -10,6 +13,18 @@ from distributed import Client
 from dask_coded_als.engine import local_cluster
 
 N_WORKERS = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_generator():
+    """datasets/generate.py is a script, not a package module: import it from its path."""
+    name = "dask_coded_als_datasets_generate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / "generate.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")

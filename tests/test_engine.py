@@ -6,12 +6,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import N_WORKERS
 
 from dask_coded_als import CodedALS, fit_als
 from dask_coded_als.als import RankDeficientError
 from dask_coded_als.errors import ClusterError, InputError
-
-N_WORKERS = 8  # the session cluster of conftest.py
 
 
 def low_rank(m: int, n: int, rank: int = 4, noise: float = 1e-2, seed: int = 0) -> np.ndarray:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import load_generator
 
 from dask_coded_als import ingest as ingest_mod
 from dask_coded_als.errors import InputError
@@ -25,18 +24,7 @@ SAMPLE = ROOT / "datasets" / "sample"
 HEADER = "userId,movieId,rating,timestamp\n"
 
 
-def _load_generate():
-    """datasets/generate.py is a script, not a package module: import it from its path."""
-    name = "dask_coded_als_datasets_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gen = _load_generate()
+gen = load_generator()
 
 
 def expected(users, items, values):

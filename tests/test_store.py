@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import dask
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import zarr
+from conftest import load_generator
 
 from dask_coded_als import store as store_mod
 from dask_coded_als.errors import InputError
@@ -32,18 +31,7 @@ from dask_coded_als.store import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_generate():
-    """datasets/generate.py is a script, not a package module: import it from its path."""
-    name = "dask_coded_als_datasets_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gen = _load_generate()
+gen = load_generator()
 
 
 def make_store(root: Path, n_users: int, n_items: int, n_ratings: int, seed: int):

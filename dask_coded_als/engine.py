@@ -7,6 +7,7 @@ the codes; it knows nothing of file formats.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -351,6 +352,41 @@ class CodedALS:
             timeout=min(self.stage_timeout, SCATTER_TIMEOUT),
         )
 
+    def _scatter_many(self, items: dict[int, np.ndarray]) -> dict[int, Future]:
+        """Scatter each worker its own operand, all at once (one round trip, not W).
+
+        A worker that cannot take its operand (it died) is left out of the result, so the stage
+        runs without it.
+        """
+        client = self._client
+        timeout = min(self.stage_timeout, SCATTER_TIMEOUT)
+
+        async def scatter_all() -> list:
+            return await asyncio.gather(
+                *(
+                    client._scatter(
+                        data,
+                        workers=[self._address[w]],
+                        direct=True,
+                        hash=False,
+                        timeout=timeout,
+                    )
+                    for w, data in items.items()
+                ),
+                return_exceptions=True,
+            )
+
+        placed = {}
+        for (w, data), outcome in zip(items.items(), client.sync(scatter_all), strict=True):
+            if isinstance(outcome, _WORKER_LOST + (TimeoutError, ValueError)):
+                logger.warning("worker %d did not take its operand: %s", w, outcome)
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            self._bytes_sent += _nbytes(data)
+            placed[w] = outcome
+        return placed
+
     def _submit(self, worker: int, fn: Callable, delay: TaskDelay, *args: Any) -> Future:
         return self._client.submit(
             _run_task,
@@ -623,7 +659,8 @@ class CodedALS:
             master = time.perf_counter()
             factor = code.encode_factor(B)
             master = time.perf_counter() - master
-            factor_f = {w: self._scatter(factor[w], w) for w in live}
+            factor_f = self._scatter_many({w: factor[w] for w in live})
+            live = list(factor_f)
             d1, d2 = self._stragglers.delays(t, 1), self._stragglers.delays(t, 2)
             self._kill_scheduled(t, 1)
             stage1 = {
@@ -638,8 +675,8 @@ class CodedALS:
             F = code.decode_stage2(res2)
             e_shards = code.encode_e(E)
             master += time.perf_counter() - tick
-            live = [w for w in live if w in factor_f]
-            e_f = {w: self._scatter(e_shards[w], w) for w in live}
+            e_f = self._scatter_many({w: e_shards[w] for w in live})
+            live = list(e_f)
             d3 = self._stragglers.delays(t, 3)
             self._kill_scheduled(t, 3)
             stage3 = {w: self._submit(w, code.stage3, d3[w], factor_f[w], e_f[w]) for w in live}
@@ -655,7 +692,8 @@ class CodedALS:
                 tick = time.perf_counter()
                 G = als.update_matrix(F, S, lam)
                 master += time.perf_counter() - tick
-                g_f = {w: self._scatter(G, w) for w in live}
+                g_f = self._scatter_many({w: G for w in live})
+                live = list(g_f)
                 d4 = self._stragglers.delays(t, 4)
                 self._kill_scheduled(t, 4)
                 stage4 = {w: self._submit(w, code.stage4, d4[w], e_f[w], g_f[w]) for w in live}
@@ -673,9 +711,10 @@ class CodedALS:
             else:
                 # Post-computation, eq. (29): H = B (B^T B + lam I)^-1 through the coded stages.
                 inverse = np.linalg.inv(F + lam * np.eye(F.shape[0]))
-                g_f = {w: self._scatter(inverse, w) for w in live}
+                g_f = self._scatter_many({w: inverse for w in live})
                 b_right = code.encode_e(B)  # f_R(B, x_w)
-                b_f = {w: self._scatter(b_right[w], w) for w in live}
+                b_f = self._scatter_many({w: b_right[w] for w in g_f})
+                live = list(b_f)
                 stage4 = {
                     w: self._submit(w, code.stage4, TaskDelay(), b_f[w], g_f[w]) for w in live
                 }
@@ -735,7 +774,8 @@ class CodedALS:
             B = state["B"]
             delays = self._stragglers.delays(t, 1)
             self._kill_scheduled(t, 1)
-            b_f = {w: self._scatter(B, w) for w in live}
+            b_f = self._scatter_many({w: B for w in live})
+            live = list(b_f)
             futures = {
                 w: self._submit(w, _row_block_product, delays[w], self._shards[w], b_f[w])
                 for w in live

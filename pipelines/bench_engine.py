@@ -37,6 +37,30 @@ def run(client, R, gram, iterations, **kwargs) -> dict:
     }
 
 
+def _identity(x):
+    return x
+
+
+def round_trip_floor(client, n_workers: int, need: int, repeats: int = 10) -> float:
+    """Median seconds to submit one trivial pinned task per worker and gather the first
+    ``need``: the cost of a stage that computes nothing."""
+    import itertools
+
+    from distributed import as_completed
+
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])[:n_workers]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        futures = [
+            client.submit(_identity, i, workers=[w], pure=False) for i, w in enumerate(workers)
+        ]
+        client.gather(list(itertools.islice(as_completed(futures), need)))
+        times.append(time.perf_counter() - t0)
+        client.cancel(futures)
+    return float(np.median(times))
+
+
 def gram_of(R: np.ndarray) -> np.ndarray:
     return R.T @ R if R.shape[0] >= R.shape[1] else R @ R.T
 
@@ -83,6 +107,7 @@ def main() -> None:
             "uncoded": run(client, R, D, it, n_factors=d, n_workers=12, mode="uncoded"),
         }
         results["no_stragglers_l3000_W12_h3"] = r2
+        results["empty_stage_seconds_W12_first11"] = round_trip_floor(client, 12, 11)
 
         # 3. The master's encode + decode share at l = 6000, d = 64, W = 12.
         R = data(6000 // scale, 6000 // scale, 100 // scale, seed=2)

@@ -183,20 +183,71 @@ def _summary(model, store_path: str | None = None) -> dict[str, Any]:
     }
 
 
+#: The options a checkpoint must agree with to be resumed (iterations and tol may change).
+FINGERPRINT = (
+    "factors",
+    "workers",
+    "h",
+    "stragglers",
+    "mode",
+    "straggler_model",
+    "straggler_delay",
+    "points",
+    "regularization",
+    "seed",
+)
+
+
+def _resume_state(store, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    from dask_coded_als import store as stores
+    from dask_coded_als.errors import InputError
+
+    found = stores.read_checkpoint(store)
+    if found is None:
+        raise InputError(f"{store.path}: no checkpoint to resume from")
+    B, attrs = found
+    saved = attrs.get("fingerprint")
+    if saved != fingerprint:
+        differ = sorted(k for k in fingerprint if not saved or saved.get(k) != fingerprint[k])
+        raise InputError(
+            f"{store.path}: the checkpoint was written with other options ({', '.join(differ)})"
+        )
+    try:
+        return {"B": B, "iteration": int(attrs["iteration"]), "history": list(attrs["history"])}
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{store.path}: the checkpoint is corrupt (incomplete state)") from None
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from dask_coded_als import store as stores
 
-    if args.resume:
-        from dask_coded_als.errors import InputError
-
-        raise InputError("--resume is not available yet: checkpoints are not written")
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
     model = _model_from_args(args)
     model._validate(R.shape)  # bad options fail before any cluster starts
+    fingerprint = {key: getattr(args, key) for key in FINGERPRINT}
+    resume = _resume_state(store, fingerprint) if args.resume else None
+    if resume is not None:
+        print(f"resuming from the checkpoint at iteration {resume['iteration']}", file=sys.stderr)
+
+    def checkpoint(state: dict) -> None:
+        attrs = {
+            "fingerprint": fingerprint,
+            "iteration": state["iteration"],
+            "history": _jsonable(state["history"]),
+        }
+        stores.write_checkpoint(store, state["B"], attrs)
+
     D = stores.load_gram(store)[0] if store.has_gram else stores.compute_gram(store)[0]
     with _client(args, args.workers) as client:
-        model.fit(R, client=client, gram=D, callback=None if args.json else _progress())
+        model.fit(
+            R,
+            client=client,
+            gram=D,
+            callback=None if args.json else _progress(),
+            checkpoint=checkpoint,
+            resume=resume,
+        )
     params = {k: v for k, v in vars(args).items() if k not in ("func", "json")}
     stores.write_factors(
         store,
@@ -204,6 +255,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model.item_factors_,
         {"parameters": params, "history": _jsonable(model.history_)},
     )
+    stores.clear_checkpoint(store)
     summary = _summary(model, str(args.store))
     if args.json:
         print(json.dumps(summary))
@@ -211,8 +263,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(
             f"fit {model.mode}: {model.n_iter_} iterations, objective "
             f"{summary['objective']:.6e}, median iteration "
-            f"{summary['median_iteration_seconds']:.3f}"
-            f" s; factors written to {args.store}/factors"
+            f"{summary['median_iteration_seconds']:.3f} s; factors written to {args.store}/factors"
         )
     return 0
 
@@ -439,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="factorize a store's ratings on a Dask cluster")
     p.add_argument("store")
     _add_fit_options(p)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint of an interrupted fit"
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("recommend", help="top items for a user")

@@ -263,6 +263,8 @@ class CodedALS:
         client: Client | None = None,
         gram: np.ndarray | None = None,
         callback: Callable[[dict], None] | None = None,
+        checkpoint: Callable[[dict], None] | None = None,
+        resume: dict | None = None,
     ) -> CodedALS:
         """Factorize R.
 
@@ -278,6 +280,13 @@ class CodedALS:
             it is computed on the cluster.
         callback : callable or None
             Called with each round's history entry as soon as the round ends.
+        checkpoint : callable or None
+            Called after every update with the fit's state ``{"B", "iteration", "history"}``
+            (B without padding); persisting it is the caller's business.
+        resume : dict or None
+            A state given to ``checkpoint`` by an earlier fit with the same parameters and
+            data: the fit continues from it and ends with the same factors as one run without
+            interruption.
 
         Returns
         -------
@@ -295,12 +304,33 @@ class CodedALS:
         with self._cluster(client) as active:
             self._client = active
             try:
-                self._fit(R, gram, callback)
+                self._fit(R, gram, callback, checkpoint, self._check_resume(resume, size))
             finally:
                 self._client = None
         return self
 
     # -- helpers ------------------------------------------------------------------------------
+    def _check_resume(self, resume: dict | None, size: int) -> dict | None:
+        if resume is None:
+            return None
+        try:
+            B = np.asarray(resume["B"], dtype=np.float64)
+            iteration = int(resume["iteration"])
+            history = list(resume["history"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the state to resume from is incomplete ({exc})") from None
+        if B.shape != (size, self.n_factors) or not np.all(np.isfinite(B)):
+            raise InputError(
+                f"the state to resume from has a factor of shape {B.shape}, expected "
+                f"{(size, self.n_factors)} and finite"
+            )
+        if not 0 <= iteration <= self.max_iter or len(history) != iteration:
+            raise InputError(
+                f"the state to resume from is at iteration {iteration} with {len(history)} "
+                f"history entries; max_iter is {self.max_iter}"
+            )
+        return {"B": B, "iteration": iteration, "history": history}
+
     @staticmethod
     def _check_data(R: Any) -> Any:
         if sp.issparse(R):
@@ -399,7 +429,14 @@ class CodedALS:
         )
 
     # -- the fit ------------------------------------------------------------------------------
-    def _fit(self, R: Any, gram: np.ndarray | None, callback: Callable | None) -> None:
+    def _fit(
+        self,
+        R: Any,
+        gram: np.ndarray | None,
+        callback: Callable | None,
+        checkpoint: Callable | None,
+        resume: dict | None,
+    ) -> None:
         t_start = time.perf_counter()
         self._bytes_sent = 0
         self._bytes_received = 0
@@ -423,7 +460,10 @@ class CodedALS:
         logger.info("pre-computation: D (%d x %d) in %.2f s", *D.shape, self.timings_["gram"])
 
         size = D.shape[0]
-        B = als.initial_factor(size, self.n_factors, self.seed)
+        B = als.initial_factor(size, self.n_factors, self.seed) if resume is None else resume["B"]
+        self._checkpoint = checkpoint
+        self.history_: list[dict] = [] if resume is None else list(resume["history"])
+        self._start_round = 0 if resume is None else resume["iteration"]
         t0 = time.perf_counter()
         if self.mode == "coded":
             B = self._fit_coded(D, B, callback)
@@ -487,7 +527,9 @@ class CodedALS:
         if len(futures) < need:
             raise _NotEnoughResults(f"only {len(futures)} workers alive, the stage needs {need}")
         try:
-            for future in as_completed(list(futures.values()), timeout=self.stage_timeout):
+            for future in as_completed(
+                list(futures.values()), timeout=self.stage_timeout, loop=self._client.loop
+            ):
                 w = owner[future.key]
                 if future.status == "finished":
                     done[w] = future
@@ -598,7 +640,7 @@ class CodedALS:
         self._dead_addresses: set[str] = set()
         self.kills_: list[dict] = []
         self._fired: set = set()
-        round_ = 0
+        round_ = self._start_round
         retries = 0
         while True:
             self._recover(make_shard, need)
@@ -614,6 +656,10 @@ class CodedALS:
             if stop:
                 return
             round_ += 1
+
+    def _save(self, B: np.ndarray, iteration: int) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint({"B": B, "iteration": iteration, "history": self.history_})
 
     def _record(self, entry: dict, callback: Callable | None) -> None:
         self.history_.append(entry)
@@ -645,8 +691,7 @@ class CodedALS:
         self._shards: dict[int, Future | None] = {}
         self._place_shards(list(range(self.n_workers)), lambda w: code.encode_data(D, [w])[0])
         self.timings_["scatter_data"] = time.perf_counter() - t0
-        self.history_: list[dict] = []
-        state = {"B": B, "n_iter": 0, "converged": False}
+        state = {"B": B, "n_iter": self._start_round, "converged": False}
 
         def gram_estimate(workers: list[int]) -> float:
             return code.gram_code.estimated_error(workers)
@@ -707,6 +752,7 @@ class CodedALS:
                     raise als.NonFiniteFactorsError(f"factors became NaN/inf at iteration {t + 1}")
                 stages["B"] = info4
                 state["B"] = B_next
+                pending_checkpoint = B_next[:size]
                 state["n_iter"] = t + 1
             else:
                 # Post-computation, eq. (29): H = B (B^T B + lam I)^-1 through the coded stages.
@@ -736,6 +782,8 @@ class CodedALS:
                 },
                 callback,
             )
+            if not stop:
+                self._save(pending_checkpoint, t + 1)
             return stop
 
         self._rounds(run_round, lambda w: code.encode_data(D, [w])[0], K)
@@ -764,8 +812,7 @@ class CodedALS:
         t0 = time.perf_counter()
         self._place_shards(list(range(self.n_workers)), make_shard)
         self.timings_["scatter_data"] = time.perf_counter() - t0
-        self.history_ = []
-        state = {"B": B, "n_iter": 0, "converged": False}
+        state = {"B": B, "n_iter": self._start_round, "converged": False}
 
         def run_round(t: int) -> bool:
             start = time.perf_counter()
@@ -793,6 +840,7 @@ class CodedALS:
                 if not np.all(np.isfinite(B_next)):
                     raise als.NonFiniteFactorsError(f"factors became NaN/inf at iteration {t + 1}")
                 state["B"], state["n_iter"] = B_next, t + 1
+                pending_checkpoint = B_next
             else:
                 state["H"] = np.linalg.solve(F + lam * np.eye(F.shape[0]), B.T).T
                 state["converged"] = converged
@@ -808,6 +856,8 @@ class CodedALS:
                 },
                 callback,
             )
+            if not stop:
+                self._save(pending_checkpoint, t + 1)
             return stop
 
         self._rounds(run_round, make_shard, n_blocks)
@@ -829,7 +879,9 @@ class CodedALS:
             raise _NotEnoughResults(f"no live worker holds block(s) {sorted(missing)}")
         pending = {b: {w for w in futures if block_of[w] == b} for b in range(n_blocks)}
         try:
-            for future in as_completed(list(futures.values()), timeout=self.stage_timeout):
+            for future in as_completed(
+                list(futures.values()), timeout=self.stage_timeout, loop=self._client.loop
+            ):
                 w = owner[future.key]
                 b = block_of[w]
                 if future.status != "finished":

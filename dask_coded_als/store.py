@@ -66,6 +66,9 @@ __all__ = [
     "load_gram",
     "write_factors",
     "read_factors",
+    "write_checkpoint",
+    "read_checkpoint",
+    "clear_checkpoint",
 ]
 
 #: Value of the root attribute ``layout`` that marks a ratings store.
@@ -627,3 +630,51 @@ def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, An
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the factors belong to another ingest")
     return group["U"][...], group["V"][...], dict(meta.get("attrs", {}))
+
+
+def write_checkpoint(store: StoreLike, B: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    """Store a fit's state as ``checkpoint/`` (the factor ``B`` and JSON ``attrs``), atomically.
+
+    The group is replaced as a whole (see the module docstring): a crash while writing leaves the
+    previous checkpoint intact.
+    """
+    st = _as_store(store)
+    b = np.asarray(B, dtype=np.float64)
+    if b.ndim != 2 or not np.isfinite(b).all():
+        raise InputError("a checkpoint needs a finite 2-D factor")
+    try:
+        meta = json.loads(json.dumps(dict(attrs)))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"checkpoint attrs are not JSON-serializable ({_one_line(exc)})") from None
+    group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
+    _write_group(st, "checkpoint", {"B": b}, group_attrs, {"B": b.shape})
+
+
+def read_checkpoint(store: StoreLike) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The state written by :func:`write_checkpoint`, or None when there is none.
+
+    Raises
+    ------
+    InputError
+        A checkpoint that cannot be read, belongs to another ingest, or holds non-finite values.
+    """
+    st = _as_store(store)
+    if not (st.path / "checkpoint").exists():
+        return None
+    try:
+        group = zarr.open_group(LocalStore(st.path, read_only=True), path="checkpoint", mode="r")
+        meta = dict(group.attrs)
+        B = np.asarray(group["B"][...], dtype=np.float64)
+    except Exception as exc:  # any failure to read it means the checkpoint is damaged
+        raise InputError(f"{st.path}: the checkpoint is corrupt ({_one_line(exc)})") from None
+    if meta.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the checkpoint belongs to another ingest")
+    if B.ndim != 2 or not np.isfinite(B).all():
+        raise InputError(f"{st.path}: the checkpoint is corrupt (its factor is not finite 2-D)")
+    return B, dict(meta.get("attrs", {}))
+
+
+def clear_checkpoint(store: StoreLike) -> None:
+    """Remove ``checkpoint/`` (after a fit has written its factors)."""
+    st = _as_store(store)
+    shutil.rmtree(st.path / "checkpoint", ignore_errors=True)

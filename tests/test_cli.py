@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dask_coded_als import store as stores
@@ -139,9 +142,74 @@ def test_no_traceback_from_a_real_process(tmp_path):
     assert not (tmp_path / "o.zarr").exists()
 
 
-def test_fit_without_resume_support_says_so(sample_store, capsys):
-    assert main(["fit", str(sample_store), "--factors", "3", "--resume"]) == EXIT_CODES["input"]
-    assert "--resume" in capsys.readouterr().err
+FIT = [
+    "--factors",
+    "5",
+    "--workers",
+    "8",
+    "--stragglers",
+    "1",
+    "--straggler-model",
+    "fixed",
+    "--straggler-delay",
+    "0.2",
+    "--iterations",
+    "25",
+    "--tol",
+    "0",
+    "--seed",
+    "3",
+]
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_factors(sample_store, client, capsys):
+    fit = ["fit", str(sample_store), *FIT, *scheduler_args(client)]
+    assert main([*fit, "--json"]) == 0
+    U0, V0, _ = stores.read_factors(sample_store)
+    assert stores.read_checkpoint(sample_store) is None  # a finished fit leaves none behind
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dask_coded_als.cli", *fit, "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = stores.read_checkpoint(sample_store) if proc.poll() is None else None
+            if state is not None and state[1]["iteration"] >= 3:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    killed_at = stores.read_checkpoint(sample_store)[1]["iteration"]
+    assert 3 <= killed_at < 25
+    capsys.readouterr()
+    assert main([*fit, "--resume", "--json"]) == 0
+    assert f"resuming from the checkpoint at iteration {killed_at}" in capsys.readouterr().err
+    U1, V1, attrs = stores.read_factors(sample_store)
+    assert len(attrs["history"]) == 26
+    P, Q = U0 @ V0.T, U1 @ V1.T
+    assert np.linalg.norm(P - Q) / np.linalg.norm(P) < 1e-9
+
+
+def test_resume_refuses_missing_mismatched_and_corrupt_checkpoints(sample_store, capsys):
+    fit = ["fit", str(sample_store), *FIT]
+    stores.clear_checkpoint(sample_store)
+    assert main([*fit, "--resume"]) == EXIT_CODES["input"]
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    attrs = {"fingerprint": {"factors": 4}, "iteration": 1, "history": [{}]}
+    stores.write_checkpoint(sample_store, np.ones((250, 5)), attrs)
+    assert main([*fit, "--resume"]) == EXIT_CODES["input"]
+    assert "written with other options (factors" in capsys.readouterr().err
+    (sample_store / "checkpoint" / "B" / "zarr.json").write_text("{not json")
+    assert main([*fit, "--resume"]) == EXIT_CODES["input"]
+    err = capsys.readouterr().err
+    assert "checkpoint is corrupt" in err and len(err.strip().splitlines()) == 1
+    stores.clear_checkpoint(sample_store)
 
 
 def test_help_lists_subcommands(capsys):

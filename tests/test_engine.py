@@ -168,3 +168,34 @@ def test_rank_deficient_data_is_a_clear_error(client):
 def test_too_few_workers_is_a_bounded_error(client):
     with pytest.raises(ClusterError, match="needs n_workers=12"):
         CodedALS(2, n_workers=12, recovery_timeout=1.0).fit(low_rank(10, 8), client=client)
+
+
+@pytest.mark.parametrize("mode", ["coded", "uncoded"])
+def test_resume_from_a_checkpoint_gives_the_same_factors(client, mode):
+    R = low_rank(40, 30, seed=8)
+    states = []
+
+    def keep(state):
+        states.append({**state, "history": list(state["history"])})
+
+    options = dict(n_workers=N_WORKERS, mode=mode, max_iter=6, tol=0, seed=4)
+    full = CodedALS(3, **options).fit(R, client=client, checkpoint=keep)
+    assert [s["iteration"] for s in states] == [1, 2, 3, 4, 5, 6]
+    resumed = CodedALS(3, **options).fit(R, client=client, resume=states[2])
+    assert resumed.n_iter_ == 6 and len(resumed.history_) == 7
+    P = full.user_factors_ @ full.item_factors_.T
+    Q = resumed.user_factors_ @ resumed.item_factors_.T
+    assert np.linalg.norm(P - Q) / np.linalg.norm(P) < 1e-9
+    bad = {**states[2], "B": states[2]["B"][:, :2]}
+    with pytest.raises(InputError, match="shape"):
+        CodedALS(3, **options).fit(R, client=client, resume=bad)
+
+
+def test_a_client_that_is_not_the_default_one(client):
+    from distributed import Client
+
+    R = low_rank(20, 12, seed=9)
+    reference = fit_als(R, 2, max_iter=3, tol=0, seed=0)
+    with Client(client.scheduler.address, set_as_default=False, timeout="30s") as other:
+        model = CodedALS(2, n_workers=N_WORKERS, max_iter=3, tol=0, seed=0).fit(R, client=other)
+    assert product_gap(model, reference) < 1e-9

@@ -582,7 +582,13 @@ class CodedALS:
 
     # -- worker liveness and recovery -----------------------------------------------------------
     def _live(self) -> list[int]:
-        return [w for w, f in self._shards.items() if f is not None and f.status == "finished"]
+        """Workers that hold their shard and are still in the cluster."""
+        alive = self._alive_addresses()
+        return [
+            w
+            for w, f in self._shards.items()
+            if f is not None and f.status == "finished" and self._address[w] in alive
+        ]
 
     def _place_shards(self, workers: list[int], make_shard: Callable[[int], np.ndarray]) -> None:
         for w in workers:

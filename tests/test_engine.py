@@ -199,3 +199,45 @@ def test_a_client_that_is_not_the_default_one(client):
     with Client(client.scheduler.address, set_as_default=False, timeout="30s") as other:
         model = CodedALS(2, n_workers=N_WORKERS, max_iter=3, tol=0, seed=0).fit(R, client=other)
     assert product_gap(model, reference) < 1e-9
+
+
+def _kill_self():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_more_kills_than_tolerated_recover_on_restarted_workers(client):
+    # s = 1 but four of eight workers die at once: fewer than K = 5 remain until the nannies
+    # restart them; the lost shards go to the restarted workers and the fit ends as without faults.
+    R = low_rank(40, 30, seed=10)
+    reference = fit_als(R, 3, max_iter=5, tol=0, seed=0)
+    model = CodedALS(3, n_workers=N_WORKERS, n_stragglers=1, max_iter=5, tol=0, seed=0)
+
+    def kill_four(entry):
+        if entry["iteration"] == 1:
+            victims = [model._address[w] for w in range(4)]
+            client.run(_kill_self, workers=victims, on_error="ignore")
+
+    model.fit(R, client=client, callback=kill_four)
+    assert model.recoveries_ >= 4
+    assert product_gap(model, reference) < 1e-9
+
+
+def test_workers_that_never_come_back_give_a_bounded_error():
+    from distributed import Client
+
+    from dask_coded_als.engine import local_cluster
+
+    R = low_rank(20, 12, seed=11)
+    with local_cluster(4) as cluster, Client(cluster, timeout="30s") as own:
+        own.wait_for_workers(4, timeout=60)
+        model = CodedALS(2, n_workers=4, max_iter=20, tol=0, recovery_timeout=2.0)
+
+        def shut_down_all(entry):
+            if entry["iteration"] == 1:
+                cluster.scale(0)  # the cluster will not start them again
+
+        with pytest.raises(ClusterError, match="workers hold their shard|results it needs"):
+            model.fit(R, client=own, callback=shut_down_all)

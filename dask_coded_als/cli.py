@@ -7,13 +7,12 @@ exit codes with a one-line message (no tracebacks).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,33 +73,22 @@ def _fraction(text: str) -> float:
 # ---- cluster connection ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace, n_workers: int) -> Iterator[Any]:
+def _client(args: argparse.Namespace, n_workers: int):
     """A Client on the cluster named by --scheduler/--scheduler-file, or a LocalCluster."""
-    from distributed import Client
+    from dask_coded_als.cluster import connect
 
-    from dask_coded_als.engine import local_cluster
-    from dask_coded_als.errors import ClusterError
-
-    timeout = args.connect_timeout
-    if args.scheduler or args.scheduler_file:
-        target = args.scheduler or f"scheduler file {args.scheduler_file}"
-        if args.scheduler_file and not Path(args.scheduler_file).is_file():
-            raise ClusterError(f"scheduler file {args.scheduler_file} does not exist")
-        try:
-            client = Client(
-                address=args.scheduler,
-                scheduler_file=args.scheduler_file,
-                timeout=f"{timeout}s",
-                set_as_default=False,
-            )
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ClusterError(f"cannot connect to {target}: {_first_line(exc)}") from None
-        with client:
-            yield client
-        return
-    with local_cluster(n_workers) as cluster, Client(cluster, timeout=f"{timeout}s") as client:
-        yield client
+    tls = {
+        key: getattr(args, key)
+        for key in ("tls_ca_file", "tls_cert", "tls_key")
+        if getattr(args, key, None)
+    }
+    return connect(
+        n_workers,
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        timeout=args.connect_timeout,
+        **tls,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -341,6 +329,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table1(args: argparse.Namespace) -> int:
+    from dask_coded_als.experiments import run_table1
+
+    result = run_table1(quick=args.quick, out_dir=Path(args.out), seed=args.seed)
+    _print_experiment(result, args.json)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dask_coded_als.experiments import run_bench
+
+    result = run_bench(quick=args.quick, out_dir=Path(args.out), seed=args.seed)
+    _print_experiment(result, args.json)
+    return 0
+
+
+def _print_experiment(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_jsonable(result)))
+        return
+    for path in result.get("files", []):
+        print(f"wrote {path}")
+    print(f"wall time {result.get('wall_time', float('nan')):.1f} s")
+
+
 def _print_metrics(result: dict[str, Any], k: int) -> None:
     names = [name for name in result["model"] if name not in ("n_users", "k")]
     print(f"{'':12s}" + "".join(f"{name:>14s}" for name in names))
@@ -464,6 +477,9 @@ def _add_fit_options(p: argparse.ArgumentParser, factors_required: bool = True) 
     group.add_argument("--scheduler", metavar="ADDRESS", help="e.g. tcp://127.0.0.1:8786")
     group.add_argument("--scheduler-file", metavar="FILE")
     p.add_argument("--connect-timeout", type=_non_negative_float, default=20.0)
+    p.add_argument("--tls-ca-file", metavar="FILE", help="CA certificate of a TLS cluster")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate")
+    p.add_argument("--tls-key", metavar="FILE", help="client private key")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
 
@@ -516,6 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relevant", type=_non_negative_float, default=4.0)
     p.add_argument("-k", type=_positive_int, default=10)
     p.set_defaults(func=cmd_evaluate)
+
+    for name, func, what in (
+        ("table1", cmd_table1, "the paper's Table I: time per iteration for every (k, h) cell"),
+        ("bench", cmd_bench, "coded vs uncoded vs replication vs svd_compressed, with plots"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--out", default="docs/results", help="where tables and plots go")
+        p.add_argument("--seed", type=_non_negative_int, default=0)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("demo", help="the whole flow on the bundled sample, in under a minute")
     p.add_argument("--data", help="a folder with ratings.csv (and movies.csv)")

@@ -61,10 +61,6 @@ class _Plan(NamedTuple):
     cond: float
 
 
-def _pack(z: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.stack([z.real, z.imag]))
-
-
 def _unpack(planes: np.ndarray) -> np.ndarray:
     return planes[0] + 1j * planes[1]
 
@@ -278,7 +274,7 @@ class EntangledPolynomialCode:
 
     # -- encoding -----------------------------------------------------------------------------
     def _blocks(self, M: np.ndarray, n_cols: int, name: str) -> np.ndarray:
-        """Blocks of M as an array (r, n_cols, rows, cols); complex-paired on the circle."""
+        """Blocks of M as a view (contraction blocks, n_cols, rows, cols); no copy of M."""
         M = np.asarray(M, dtype=np.float64)
         if M.ndim != 2:
             raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
@@ -291,18 +287,41 @@ class EntangledPolynomialCode:
         if not np.all(np.isfinite(M)):
             raise ValueError(f"{name} contains NaN or infinite values")
         rows, cols = M.shape[0] // n_rows, M.shape[1] // n_cols
-        blocks = M.reshape(n_rows, rows, n_cols, cols).transpose(0, 2, 1, 3)
-        if self.complex:
-            blocks = blocks[: self.r] + 1j * blocks[self.r :]
-        return blocks
+        return M.reshape(n_rows, rows, n_cols, cols).transpose(0, 2, 1, 3)
 
-    def _encode(self, blocks: np.ndarray, exponents: np.ndarray, workers) -> list[np.ndarray]:
+    def _encode(
+        self, blocks: np.ndarray, exponents: np.ndarray, workers, conjugate: bool = False
+    ) -> list[np.ndarray]:
+        """Each worker's sum of blocks times its point's powers, accumulated block by block so
+        that no copy of the whole matrix is made (D can be most of the master's memory).
+
+        On the circle block ``(j, i)`` stands for ``top + 1j bottom`` (``top - 1j bottom`` when
+        ``conjugate``), with top = blocks[j], bottom = blocks[j + r]; the shard is returned as
+        packed real and imaginary planes.
+        """
         workers = range(self.n_workers) if workers is None else workers
+        r, n_cols = exponents.shape
+        shape = blocks.shape[2:]
+        sign = -1.0 if conjugate else 1.0
         shards = []
         for w in workers:
             coefficients = self.points[w] ** exponents  # (r, n_cols)
-            shard = np.tensordot(coefficients, blocks, axes=([0, 1], [0, 1]))
-            shards.append(_pack(shard) if self.complex else np.ascontiguousarray(shard))
+            if not self.complex:
+                shard = np.zeros(shape)
+                for j in range(r):
+                    for i in range(n_cols):
+                        shard += coefficients[j, i] * blocks[j, i]
+                shards.append(shard)
+                continue
+            planes = np.zeros((2, *shape))
+            for j in range(r):
+                for i in range(n_cols):
+                    c = coefficients[j, i]
+                    top, bottom = blocks[j, i], blocks[j + r, i]
+                    # (c.re + 1j c.im) (top + 1j sign bottom)
+                    planes[0] += c.real * top - (sign * c.imag) * bottom
+                    planes[1] += c.imag * top + (sign * c.real) * bottom
+            shards.append(planes)
         return shards
 
     def encode_a(self, A: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -316,10 +335,8 @@ class EntangledPolynomialCode:
         blocks = self._blocks(B, self.q, "B")
         j, k = np.meshgrid(np.arange(self.r), np.arange(self.q), indexing="ij")
         exponents = self._offset - j + k * self.r * self.p
-        if self.complex:
-            # b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j) on the unit circle.
-            blocks = blocks.conj()
-        return self._encode(blocks, exponents, workers)
+        # On the circle b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j).
+        return self._encode(blocks, exponents, workers, conjugate=self.complex)
 
     # -- the workers' product -----------------------------------------------------------------
     def compute(self, a_shard: np.ndarray, b_shard: np.ndarray) -> np.ndarray:

@@ -594,12 +594,14 @@ class CodedALS:
         for w in workers:
             self._shards[w] = self._scatter(make_shard(w), w)
 
-    def _recover(self, make_shard: Callable[[int], np.ndarray], need: int) -> None:
+    def _recover(self, make_shard: Callable[[int], np.ndarray], need: int) -> list[int]:
         """Give the shards of dead workers to restarted or new workers; wait (bounded) until at
-        least ``need`` hold their shard."""
+        least ``need`` hold their shard. Returns the live workers."""
         deadline = time.monotonic() + self.recovery_timeout
         while True:
             live = self._live()
+            if len(live) == len(self._shards):
+                return live  # the common case: one look at the cluster per round
             dead = [w for w in self._shards if w not in live]
             # An address that lost its shard is dead even while the scheduler still lists it.
             self._dead_addresses.update(self._address[w] for w in dead)
@@ -614,11 +616,12 @@ class CodedALS:
                     except (OSError, TimeoutError):
                         self._shards[w] = None
                     self.recoveries_ += 1
-            if len(self._live()) >= need:
-                return
+            live = self._live()
+            if len(live) >= need:
+                return live
             if time.monotonic() > deadline:
                 raise ClusterError(
-                    f"only {len(self._live())} workers hold their shard, {need} are needed, and "
+                    f"only {len(live)} workers hold their shard, {need} are needed, and "
                     f"no replacement joined within recovery_timeout={self.recovery_timeout:g} s"
                 )
             time.sleep(0.25)
@@ -639,7 +642,7 @@ class CodedALS:
 
             threading.Timer(kill.after, fire).start()
 
-    def _rounds(self, run_round: Callable[[int], bool], make_shard, need: int) -> None:
+    def _rounds(self, run_round: Callable[[int, list[int]], bool], make_shard, need: int) -> None:
         """Run rounds until one says stop; a round that loses too many workers is re-run after
         the lost shards have been placed again."""
         self.recoveries_ = 0
@@ -649,9 +652,9 @@ class CodedALS:
         round_ = self._start_round
         retries = 0
         while True:
-            self._recover(make_shard, need)
+            live = self._recover(make_shard, need)
             try:
-                stop = run_round(round_)
+                stop = run_round(round_, live)
             except (_NotEnoughResults, *_WORKER_LOST) as exc:
                 retries += 1
                 if retries > self.n_workers:
@@ -702,10 +705,9 @@ class CodedALS:
         def gram_estimate(workers: list[int]) -> float:
             return code.gram_code.estimated_error(workers)
 
-        def run_round(t: int) -> bool:
+        def run_round(t: int, live: list[int]) -> bool:
             start = time.perf_counter()
             sent, received = self._bytes_sent, self._bytes_received
-            live = self._live()
             B = state["B"]
             master = time.perf_counter()
             factor = code.encode_factor(B)
@@ -820,10 +822,9 @@ class CodedALS:
         self.timings_["scatter_data"] = time.perf_counter() - t0
         state = {"B": B, "n_iter": self._start_round, "converged": False}
 
-        def run_round(t: int) -> bool:
+        def run_round(t: int, live: list[int]) -> bool:
             start = time.perf_counter()
             sent, received = self._bytes_sent, self._bytes_received
-            live = self._live()
             B = state["B"]
             delays = self._stragglers.delays(t, 1)
             self._kill_scheduled(t, 1)

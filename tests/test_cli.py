@@ -217,3 +217,35 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for name in ("ingest", "fit", "recommend", "similar", "evaluate", "demo"):
         assert name in out
+
+
+def test_evaluate_reports_model_and_baseline(sample_store, client, capsys):
+    argv = [
+        "evaluate",
+        str(sample_store),
+        "--factors",
+        "6",
+        "--workers",
+        "8",
+        "--iterations",
+        "10",
+        "-k",
+        "10",
+        "--json",
+        *scheduler_args(client),
+    ]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    for label in ("model", "popularity"):
+        assert 0 < result[label]["precision@k"] <= 1 and result[label]["n_users"] > 0
+    assert result["fit"]["iterations"] == 10
+
+
+def test_demo_runs_the_whole_flow(tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path), "--iterations", "3", "--straggler-delay", "0.1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for step in ("1. ingested", "3. fit", "4. top 5", "5. held-out evaluation", "done in"):
+        assert step in out
+    U, V, _ = stores.read_factors(tmp_path / "sample.zarr")
+    assert U.shape == (300, 10) and V.shape == (250, 10)

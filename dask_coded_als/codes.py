@@ -28,7 +28,7 @@ planes), so everything that crosses the network is plain contiguous float64.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -272,36 +272,62 @@ class EntangledPolynomialCode:
         """Relative decoding error to expect from these workers (condition number x epsilon)."""
         return self._product_decoder.estimated_error(workers)
 
+    def estimated_b_error(self, workers: Sequence[int]) -> float:
+        """Like :meth:`estimated_error`, for :meth:`decode_b`."""
+        return self._b_decoder.estimated_error(workers)
+
     # -- encoding -----------------------------------------------------------------------------
-    def _blocks(self, M: np.ndarray, n_cols: int, name: str) -> np.ndarray:
-        """Blocks of M as a view (contraction blocks, n_cols, rows, cols); no copy of M."""
+    def _blocks(
+        self, M: np.ndarray, n_cols: int, name: str, pad_to: tuple[int, int] | None = None
+    ) -> tuple[Callable[[int, int], np.ndarray], tuple[int, int]]:
+        """A getter of the blocks of M (contraction block, column block) and their shape.
+
+        With ``pad_to`` the matrix is taken as zero-extended to that shape without copying it
+        (D can be most of the master's memory).
+        """
         M = np.asarray(M, dtype=np.float64)
         if M.ndim != 2:
             raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
         n_rows = self.contraction_blocks
-        if M.shape[0] % n_rows or M.shape[1] % n_cols:
+        shape = M.shape if pad_to is None else pad_to
+        if shape[0] < M.shape[0] or shape[1] < M.shape[1]:
+            raise ValueError(f"cannot pad {name} of shape {M.shape} to {shape}")
+        if shape[0] % n_rows or shape[1] % n_cols:
             raise ValueError(
-                f"{name} has shape {M.shape}: its rows must divide into {n_rows} blocks and its "
+                f"{name} has shape {shape}: its rows must divide into {n_rows} blocks and its "
                 f"columns into {n_cols} (pad with zeros to a multiple)"
             )
         if not np.all(np.isfinite(M)):
             raise ValueError(f"{name} contains NaN or infinite values")
-        rows, cols = M.shape[0] // n_rows, M.shape[1] // n_cols
-        return M.reshape(n_rows, rows, n_cols, cols).transpose(0, 2, 1, 3)
+        rows, cols = shape[0] // n_rows, shape[1] // n_cols
+
+        def block(j: int, i: int) -> np.ndarray:
+            part = M[j * rows : (j + 1) * rows, i * cols : (i + 1) * cols]
+            if part.shape == (rows, cols):
+                return part
+            full = np.zeros((rows, cols))
+            full[: part.shape[0], : part.shape[1]] = part
+            return full
+
+        return block, (rows, cols)
 
     def _encode(
-        self, blocks: np.ndarray, exponents: np.ndarray, workers, conjugate: bool = False
+        self,
+        blocks: tuple[Callable[[int, int], np.ndarray], tuple[int, int]],
+        exponents: np.ndarray,
+        workers,
+        conjugate: bool = False,
     ) -> list[np.ndarray]:
         """Each worker's sum of blocks times its point's powers, accumulated block by block so
-        that no copy of the whole matrix is made (D can be most of the master's memory).
+        that no copy of the whole matrix is made.
 
         On the circle block ``(j, i)`` stands for ``top + 1j bottom`` (``top - 1j bottom`` when
-        ``conjugate``), with top = blocks[j], bottom = blocks[j + r]; the shard is returned as
-        packed real and imaginary planes.
+        ``conjugate``), with top = block(j, i), bottom = block(j + r, i); the shard is returned
+        as packed real and imaginary planes.
         """
         workers = range(self.n_workers) if workers is None else workers
+        block, shape = blocks
         r, n_cols = exponents.shape
-        shape = blocks.shape[2:]
         sign = -1.0 if conjugate else 1.0
         shards = []
         for w in workers:
@@ -310,23 +336,29 @@ class EntangledPolynomialCode:
                 shard = np.zeros(shape)
                 for j in range(r):
                     for i in range(n_cols):
-                        shard += coefficients[j, i] * blocks[j, i]
+                        shard += coefficients[j, i] * block(j, i)
                 shards.append(shard)
                 continue
             planes = np.zeros((2, *shape))
             for j in range(r):
                 for i in range(n_cols):
                     c = coefficients[j, i]
-                    top, bottom = blocks[j, i], blocks[j + r, i]
+                    top, bottom = block(j, i), block(j + r, i)
                     # (c.re + 1j c.im) (top + 1j sign bottom)
                     planes[0] += c.real * top - (sign * c.imag) * bottom
                     planes[1] += c.imag * top + (sign * c.real) * bottom
             shards.append(planes)
         return shards
 
-    def encode_a(self, A: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
-        """Encoded ``A`` for every worker (or for ``workers``), in worker order."""
-        blocks = self._blocks(A, self.p, "A")
+    def encode_a(
+        self,
+        A: np.ndarray,
+        workers: Sequence[int] | None = None,
+        pad_to: tuple[int, int] | None = None,
+    ) -> list[np.ndarray]:
+        """Encoded ``A`` for every worker (or for ``workers``), in worker order. With
+        ``pad_to``, A is taken as zero-extended to that shape (no copy)."""
+        blocks = self._blocks(A, self.p, "A", pad_to)
         j, i = np.meshgrid(np.arange(self.r), np.arange(self.p), indexing="ij")
         return self._encode(blocks, j + i * self.r, workers)
 
@@ -453,8 +485,10 @@ class ALSCode:
 
     # -- master side: encoding ----------------------------------------------------------------
     def encode_data(self, D: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
-        """Coded data shards ``D~(x_w)`` (once per fit)."""
-        return self.product_code.encode_a(D, workers)
+        """Coded data shards ``D~(x_w)`` (once per fit); D is zero-padded to
+        :meth:`padded_size` on the fly."""
+        size = self.padded_size(len(D))
+        return self.product_code.encode_a(D, workers, pad_to=(size, size))
 
     def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:
         """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)``."""

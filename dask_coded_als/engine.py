@@ -689,7 +689,7 @@ class CodedALS:
         padded = code.padded_size(size)
         if padded != size:
             # Zero padding is exact: the padded rows of every factor stay zero.
-            D = np.pad(D, ((0, padded - size), (0, padded - size)))
+            # D is padded on the fly by the encoder, so it is never copied.
             B = np.pad(B, ((0, padded - size), (0, 0)))
         trace_D = float(np.trace(D))
         lam = float(self.regularization)
@@ -751,7 +751,7 @@ class CodedALS:
                 self._kill_scheduled(t, 4)
                 stage4 = {w: self._submit(w, code.stage4, d4[w], e_f[w], g_f[w]) for w in live}
                 res4, info4 = self._collect(
-                    stage4, thresholds["B"], code.gram_code._b_decoder.estimated_error, K
+                    stage4, thresholds["B"], code.gram_code.estimated_b_error, K
                 )
                 tick = time.perf_counter()
                 B_next = code.decode_stage4(res4)
@@ -773,7 +773,7 @@ class CodedALS:
                     w: self._submit(w, code.stage4, TaskDelay(), b_f[w], g_f[w]) for w in live
                 }
                 res4, info4 = self._collect(
-                    stage4, thresholds["B"], code.gram_code._b_decoder.estimated_error, K
+                    stage4, thresholds["B"], code.gram_code.estimated_b_error, K
                 )
                 state["H"] = code.decode_stage4(res4)[:size]
                 stages["H"] = info4

@@ -426,6 +426,37 @@ def _tree_sum(parts: list, split_every: int):
     return parts[0]
 
 
+#: Above this size a dense D is computed by column blocks into one array instead of by a tree of
+#: dense partial sums, each as large as D.
+GRAM_BY_COLUMNS_BYTES = 256 * 2**20
+
+
+def _column_block_gram(X_t: sp.csr_matrix, X_csc: sp.csc_matrix, a: int, b: int) -> np.ndarray:
+    """Columns a:b of D = X^T X: X^T @ X[:, a:b], dense."""
+    return np.asarray((X_t @ X_csc[:, a:b]).toarray(), dtype=np.float64)
+
+
+def _gram_by_columns(X: sp.csr_matrix, block: int, scheduler: str | None) -> np.ndarray:
+    """D = X^T X, one dask task per block of columns, written into a single array."""
+    n = X.shape[1]
+    # Named nodes: the matrices enter the graph once and are not hashed for every task.
+    token = uuid.uuid4().hex
+    X_t = dask.delayed(X.T.tocsr(), name=f"gram-xt-{token}")
+    X_csc = dask.delayed(X.tocsc(), name=f"gram-xcsc-{token}")
+    starts = list(range(0, n, block))
+    tasks = [
+        dask.delayed(_column_block_gram, pure=False)(X_t, X_csc, a, a + block) for a in starts
+    ]
+    gram = np.empty((n, n))
+    # Compute a few blocks at a time so that at most a few dense blocks exist besides D.
+    step = 4
+    for i in range(0, len(tasks), step):
+        parts = dask.compute(*tasks[i : i + step], scheduler=scheduler)
+        for a, part in zip(starts[i : i + step], parts, strict=True):
+            gram[:, a : a + part.shape[1]] = part
+    return gram
+
+
 def _tmp_name(kind: str, name: str) -> str:
     return f"{kind}-{name}-{uuid.uuid4().hex[:12]}"
 
@@ -482,6 +513,7 @@ def compute_gram(
     rows_per_chunk: int | None = None,
     split_every: int = 8,
     scheduler: str | None = "threads",
+    column_block: int | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
 
@@ -500,6 +532,11 @@ def compute_gram(
         Rows of R (or R^T) per block; see :func:`ratings_dask`.
     split_every : int, default 8
         Fan-in of the tree reduction.
+    column_block : int, optional
+        Compute D by blocks of this many columns (``X^T X[:, J]``, one task each) straight into
+        one array. Chosen automatically (2048) when D is larger than
+        :data:`GRAM_BY_COLUMNS_BYTES`, where a tree of dense partial sums would need several
+        copies of D.
     scheduler : str or None, default "threads"
         Passed to ``dask.compute``. The default keeps the work in this process with dask's
         threaded scheduler even when a ``distributed.Client`` is active; ``None`` uses dask's
@@ -519,11 +556,17 @@ def compute_gram(
     if st.has_gram and not overwrite:
         raise InputError(f"{st.path}: gram exists; use --overwrite")
     transposed = st.n_users < st.n_items
-    blocks = ratings_dask(st, rows_per_chunk, transpose=transposed).to_delayed().ravel().tolist()
-    parts = [dask.delayed(_block_gram, pure=True)(b) for b in blocks]
-    total = _tree_sum(parts, split_every)
-    (result,) = dask.compute(total, scheduler=scheduler)
-    gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
+    side_l = min(st.n_users, st.n_items)
+    if column_block is None and side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES:
+        column_block = 2048
+    if column_block is not None:
+        R = ratings_matrix(st)
+        gram = _gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
+    else:
+        blocks = ratings_dask(st, rows_per_chunk, transpose=transposed)
+        parts = [dask.delayed(_block_gram, pure=True)(b) for b in blocks.to_delayed().ravel()]
+        (result,) = dask.compute(_tree_sum(parts, split_every), scheduler=scheduler)
+        gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
     side = min(gram.shape[0], 2048) or 1
     attrs = {
         "transposed": transposed,

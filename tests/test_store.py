@@ -218,6 +218,25 @@ def test_compute_gram_matches_oracle(tmp_path, request, which, rows_per_chunk, s
     assert gram["D"].attrs["transposed"] == transposed
 
 
+@pytest.mark.parametrize("column_block", [1, 5, 1000])
+@pytest.mark.parametrize("which", ["tall", "wide"])
+def test_gram_by_column_blocks_matches_oracle(tmp_path, request, which, column_block):
+    src, oracle = request.getfixturevalue(which)
+    path = tmp_path / "s.zarr"
+    shutil.copytree(src, path)
+    D, transposed = compute_gram(path, column_block=column_block)
+    want = (oracle @ oracle.T if transposed else oracle.T @ oracle).toarray()
+    np.testing.assert_array_equal(D, want)
+
+
+def test_large_grams_are_computed_by_column_blocks(tall_copy, monkeypatch):
+    path, oracle = tall_copy
+    monkeypatch.setattr(store_mod, "GRAM_BY_COLUMNS_BYTES", 0)
+    monkeypatch.setattr(store_mod, "_tree_sum", None)  # the tree must not be used
+    D, _ = compute_gram(path)
+    np.testing.assert_array_equal(D, (oracle.T @ oracle).toarray())
+
+
 @pytest.mark.parametrize("threshold", [0.0, 2.0])
 def test_gram_dense_and_sparse_partial_sums(tall_copy, monkeypatch, threshold):
     path, oracle = tall_copy

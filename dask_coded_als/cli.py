@@ -226,7 +226,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         }
         stores.write_checkpoint(store, state["B"], attrs)
 
-    D = stores.load_gram(store)[0] if store.has_gram else stores.compute_gram(store)[0]
+    if not store.has_gram:
+        stores.compute_gram(store)
+    D = stores.gram_array(store)[0]  # read from disk while the shards are placed, then dropped
     with _client(args, args.workers) as client:
         model.fit(
             R,

@@ -1,25 +1,129 @@
 """Connecting to a Dask cluster: an existing scheduler (optionally over TLS) or a LocalCluster.
 
 The engine takes any Client; this module is how the command line gets one.
+
+TLS follows Dask's mutual authentication: the client verifies the scheduler's certificate
+against a CA and presents its own certificate, signed by a CA the scheduler trusts. Every
+connection then requires encryption (``require_encryption=True``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 from distributed import Client
+from distributed.security import Security
 
 from dask_coded_als.engine import local_cluster
-from dask_coded_als.errors import ClusterError
+from dask_coded_als.errors import ClusterError, InputError
 
-__all__ = ["connect"]
+__all__ = ["connect", "tls_security"]
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _protocol(address: str) -> str | None:
+    """``tls`` of ``tls://host:port``; None when the address names no protocol."""
+    return address.split("://", 1)[0].lower() if "://" in address else None
+
+
+def tls_security(
+    tls_ca_file: str | os.PathLike | None,
+    tls_cert: str | os.PathLike | None,
+    tls_key: str | os.PathLike | None = None,
+) -> Security:
+    """Client-side TLS settings, checked before any connection is tried.
+
+    Parameters
+    ----------
+    tls_ca_file : str, os.PathLike or None
+        PEM file of the CA certificate(s) that signed the scheduler's certificate.
+    tls_cert : str, os.PathLike or None
+        PEM file of the client certificate (it may also hold the private key).
+    tls_key : str, os.PathLike or None
+        PEM file of the client's private key, unless ``tls_cert`` holds it.
+
+    Returns
+    -------
+    distributed.security.Security
+        With ``require_encryption=True``.
+
+    Raises
+    ------
+    InputError
+        The CA file or the certificate is not named.
+    ClusterError
+        A file is missing or unreadable, or its content is not a usable certificate or key.
+    """
+    missing = [
+        option
+        for option, value in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert))
+        if not value
+    ]
+    if missing:
+        raise InputError(
+            f"TLS needs {' and '.join(missing)} (and --tls-key unless the certificate holds it)"
+        )
+    for what, name in (("CA file", tls_ca_file), ("certificate", tls_cert), ("key", tls_key)):
+        if name is None:
+            continue
+        path = Path(name)
+        if not path.is_file():
+            raise ClusterError(f"TLS {what} {name} does not exist or is not a file")
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ClusterError(f"TLS {what} {name} is not readable: {exc.strerror}") from None
+    security = Security(
+        tls_ca_file=str(tls_ca_file),
+        tls_client_cert=str(tls_cert),
+        tls_client_key=None if tls_key is None else str(tls_key),
+        require_encryption=True,
+    )
+    try:
+        # Builds the SSL context now: loads the CA, the certificate and the key.
+        security.get_connection_args("client")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ClusterError(
+            f"the TLS files ({tls_ca_file}, {tls_cert}, {tls_key}) are not a usable CA, "
+            f"certificate and key: {_first_line(exc)}"
+        ) from None
+    return security
+
+
+def _address_from_file(scheduler_file: str) -> str:
+    path = Path(scheduler_file)
+    if not path.is_file():
+        raise ClusterError(f"scheduler file {scheduler_file} does not exist")
+    try:
+        address = json.loads(path.read_text(encoding="utf-8"))["address"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ClusterError(
+            f"scheduler file {scheduler_file} holds no scheduler address ({_first_line(exc)})"
+        ) from None
+    if not isinstance(address, str) or not address:
+        raise ClusterError(f"scheduler file {scheduler_file} holds no scheduler address")
+    return address
+
+
+def _why(exc: BaseException, protocol: str | None) -> str:
+    """A one-line reason for a failed connection."""
+    text = _first_line(exc)
+    if isinstance(exc, ssl.SSLError) or "TLS" in text or "SSL" in text:
+        return f"TLS handshake failed ({text})"
+    if isinstance(exc, AssertionError) and protocol != "tls":
+        # distributed's reaction to a TLS server answering a plain TCP handshake
+        return "the scheduler did not answer the handshake (is it a tls:// scheduler?)"
+    return text
 
 
 @contextlib.contextmanager
@@ -39,36 +143,66 @@ def connect(
     n_workers : int
         Worker processes of the LocalCluster started when no scheduler is named.
     scheduler : str or None
-        Scheduler address, e.g. ``tcp://127.0.0.1:8786``.
+        Scheduler address, e.g. ``tcp://127.0.0.1:8786`` or ``tls://127.0.0.1:8786``. With TLS
+        files, an address without a protocol is taken as ``tls://``.
     scheduler_file : str or None
         A scheduler file written by ``dask scheduler --scheduler-file``.
     timeout : float
-        Seconds to wait for the connection.
+        Seconds to wait for the connection (distributed may take up to twice as long to give
+        up on a server that accepts the connection but never completes the handshake).
     tls_ca_file, tls_cert, tls_key : str or None
-        Certificates for a TLS-secured scheduler (not implemented yet: an error).
+        Certificates for a TLS-secured scheduler: the CA that signed the cluster's certificates,
+        the client certificate and its private key (see :func:`tls_security`).
+
+    Yields
+    ------
+    distributed.Client
+        Closed when the block ends; a LocalCluster started here is closed too.
 
     Raises
     ------
+    InputError
+        TLS files without a scheduler, an incomplete set of TLS files, or TLS files with an
+        address of another protocol.
     ClusterError
-        The scheduler cannot be reached in time, or the scheduler file does not exist.
+        The scheduler cannot be reached in time, the scheduler file does not exist or holds no
+        address, a TLS file is missing, unreadable or unusable, a TLS handshake fails, or a
+        ``tls://`` scheduler is named without TLS files.
     """
-    if tls_ca_file or tls_cert or tls_key:
-        raise ClusterError("TLS connections are not supported yet")
-    if scheduler or scheduler_file:
-        target = scheduler or f"scheduler file {scheduler_file}"
-        if scheduler_file and not Path(scheduler_file).is_file():
-            raise ClusterError(f"scheduler file {scheduler_file} does not exist")
-        try:
-            client = Client(
-                address=scheduler,
-                scheduler_file=scheduler_file,
-                timeout=f"{timeout}s",
-                set_as_default=False,
-            )
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ClusterError(f"cannot connect to {target}: {_first_line(exc)}") from None
-        with client:
+    use_tls = bool(tls_ca_file or tls_cert or tls_key)
+    if not (scheduler or scheduler_file):
+        if use_tls:
+            raise InputError("the TLS options need --scheduler or --scheduler-file")
+        with local_cluster(n_workers) as cluster, Client(cluster, timeout=f"{timeout}s") as client:
             yield client
         return
-    with local_cluster(n_workers) as cluster, Client(cluster, timeout=f"{timeout}s") as client:
+
+    if scheduler:
+        address = scheduler
+        if use_tls and _protocol(address) is None:
+            address = f"tls://{address}"
+        target = address
+    else:
+        address = _address_from_file(scheduler_file)
+        target = f"{address} (from {scheduler_file})"
+    protocol = _protocol(address)
+    security = None
+    if use_tls:
+        if protocol != "tls":
+            raise InputError(f"the TLS options need a tls:// scheduler address, got {address}")
+        security = tls_security(tls_ca_file, tls_cert, tls_key)
+    elif protocol == "tls":
+        raise ClusterError(
+            f"{address} is a TLS scheduler: give --tls-ca-file, --tls-cert and --tls-key"
+        )
+    try:
+        client = Client(
+            address=address,
+            security=security,
+            timeout=f"{timeout}s",
+            set_as_default=False,
+        )
+    except Exception as exc:  # OSError, TimeoutError, ssl errors, distributed's own
+        raise ClusterError(f"cannot connect to {target}: {_why(exc, protocol)}") from None
+    with client:
         yield client

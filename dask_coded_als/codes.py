@@ -69,11 +69,21 @@ def _conj_packed(planes: np.ndarray) -> np.ndarray:
     return np.stack([planes[0], -planes[1]])
 
 
+#: Gauss's trick adds the planes of a shard; it does so this many elements at a time, so a
+#: worker never holds a second copy of its shard.
+_SUM_CHUNK_ELEMENTS = 2**22
+
+
 def _matmul_t_packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a^T b`` for packed complex operands with three real GEMMs (Gauss's trick)."""
     t1 = a[0].T @ b[0]
     t2 = a[1].T @ b[1]
-    t3 = (a[0] + a[1]).T @ (b[0] + b[1])
+    step = max(1, _SUM_CHUNK_ELEMENTS // max(1, a.shape[2]))
+    t3 = np.zeros_like(t1)
+    for s in range(0, a.shape[1], step):
+        t3 += (a[0, s : s + step] + a[1, s : s + step]).T @ (
+            b[0, s : s + step] + b[1, s : s + step]
+        )
     return np.stack([t1 - t2, t3 - t1 - t2])
 
 
@@ -487,7 +497,7 @@ class ALSCode:
     def encode_data(self, D: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
         """Coded data shards ``D~(x_w)`` (once per fit); D is zero-padded to
         :meth:`padded_size` on the fly."""
-        size = self.padded_size(len(D))
+        size = self.padded_size(D.shape[0])
         return self.product_code.encode_a(D, workers, pad_to=(size, size))
 
     def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:

@@ -275,9 +275,11 @@ class CodedALS:
         client : distributed.Client or None
             The cluster to run on. None starts a LocalCluster of ``n_workers`` processes on
             127.0.0.1 and closes it afterwards.
-        gram : ndarray or None
-            D = R^T R (m >= n) or R R^T (m < n), if already computed (e.g. stored); otherwise
-            it is computed on the cluster.
+        gram : ndarray, array-like or None
+            D = R^T R (m >= n) or R R^T (m < n), if already computed; otherwise it is computed
+            on the cluster. An array that reads from disk on slicing (e.g. a ``zarr.Array``) is
+            held in memory only while the shards are placed, and read again only to rebuild a
+            lost worker's shard.
         callback : callable or None
             Called with each round's history entry as soon as the round ends.
         checkpoint : callable or None
@@ -298,8 +300,9 @@ class CodedALS:
         self.transposed_ = m < n
         size = min(m, n)
         if gram is not None:
-            gram = np.asarray(gram, dtype=np.float64)
-            if gram.shape != (size, size):
+            if not hasattr(gram, "shape") or not hasattr(gram, "__getitem__"):
+                gram = np.asarray(gram, dtype=np.float64)
+            if tuple(gram.shape) != (size, size):
                 raise InputError(f"gram has shape {gram.shape}, expected {(size, size)}")
         with self._cluster(client) as active:
             self._client = active
@@ -454,8 +457,6 @@ class CodedALS:
 
         t0 = time.perf_counter()
         D = self._gram(R) if gram is None else gram
-        if not np.all(np.isfinite(D)):
-            raise InputError("the Gram matrix of R is not finite; rescale R")
         self.timings_["gram"] = time.perf_counter() - t0
         logger.info("pre-computation: D (%d x %d) in %.2f s", *D.shape, self.timings_["gram"])
 
@@ -682,9 +683,18 @@ class CodedALS:
         change = als.relative_objective_change(self.history_[-1]["objective"], objective, noise)
         return change < self.tol
 
+    @staticmethod
+    def _in_memory(D: Any) -> np.ndarray:
+        """D as a finite float64 array (read from disk when it is stored there)."""
+        D = np.asarray(D if isinstance(D, np.ndarray) else D[...], dtype=np.float64)
+        if not np.all(np.isfinite(D)):
+            raise InputError("the Gram matrix of R is not finite; rescale R")
+        return D
+
     # -- coded mode ----------------------------------------------------------------------------
-    def _fit_coded(self, D: np.ndarray, B: np.ndarray, callback: Callable | None) -> np.ndarray:
+    def _fit_coded(self, source: Any, B: np.ndarray, callback: Callable | None) -> np.ndarray:
         code = ALSCode(self.h_, self.n_workers, self.points)
+        D = self._in_memory(source)
         size = D.shape[0]
         padded = code.padded_size(size)
         if padded != size:
@@ -698,8 +708,15 @@ class CodedALS:
 
         t0 = time.perf_counter()
         self._shards: dict[int, Future | None] = {}
-        self._place_shards(list(range(self.n_workers)), lambda w: code.encode_data(D, [w])[0])
+        self._place_shards(
+            list(range(self.n_workers)), lambda w, data=D: code.encode_data(data, [w])[0]
+        )
         self.timings_["scatter_data"] = time.perf_counter() - t0
+        del D  # a lost shard is rebuilt from the source
+
+        def make_shard(w: int) -> np.ndarray:
+            return code.encode_data(self._in_memory(source), [w])[0]
+
         state = {"B": B, "n_iter": self._start_round, "converged": False}
 
         def gram_estimate(workers: list[int]) -> float:
@@ -794,16 +811,15 @@ class CodedALS:
                 self._save(pending_checkpoint, t + 1)
             return stop
 
-        self._rounds(run_round, lambda w: code.encode_data(D, [w])[0], K)
+        self._rounds(run_round, make_shard, K)
         self.n_iter_ = state["n_iter"]
         self.converged_ = state["converged"]
         self._H = state["H"]
         return state["B"][:size]
 
     # -- uncoded and replication baselines -----------------------------------------------------
-    def _fit_row_blocks(
-        self, D: np.ndarray, B: np.ndarray, callback: Callable | None
-    ) -> np.ndarray:
+    def _fit_row_blocks(self, source: Any, B: np.ndarray, callback: Callable | None) -> np.ndarray:
+        D = self._in_memory(source)
         size = D.shape[0]
         copies = 1 if self.mode == "uncoded" else self.n_stragglers + 1
         n_blocks = max(1, self.n_workers // copies)
@@ -811,10 +827,11 @@ class CodedALS:
         block_of = {w: w % n_blocks for w in range(self.n_workers)}
         lam = float(self.regularization)
         trace_D = float(np.trace(D))
+        del D  # shards are slices of the source
 
         def make_shard(w: int) -> np.ndarray:
             b = block_of[w]
-            return np.ascontiguousarray(D[edges[b] : edges[b + 1]])
+            return np.ascontiguousarray(source[edges[b] : edges[b + 1]], dtype=np.float64)
 
         self._shards = {}
         t0 = time.perf_counter()

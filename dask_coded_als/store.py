@@ -64,6 +64,7 @@ __all__ = [
     "ratings_dask",
     "compute_gram",
     "load_gram",
+    "gram_array",
     "write_factors",
     "read_factors",
     "write_checkpoint",
@@ -444,9 +445,7 @@ def _gram_by_columns(X: sp.csr_matrix, block: int, scheduler: str | None) -> np.
     X_t = dask.delayed(X.T.tocsr(), name=f"gram-xt-{token}")
     X_csc = dask.delayed(X.tocsc(), name=f"gram-xcsc-{token}")
     starts = list(range(0, n, block))
-    tasks = [
-        dask.delayed(_column_block_gram, pure=False)(X_t, X_csc, a, a + block) for a in starts
-    ]
+    tasks = [dask.delayed(_column_block_gram, pure=False)(X_t, X_csc, a, a + block) for a in starts]
     gram = np.empty((n, n))
     # Compute a few blocks at a time so that at most a few dense blocks exist besides D.
     step = 4
@@ -578,8 +577,35 @@ def compute_gram(
     return gram, transposed
 
 
+def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
+    """The stored Gram matrix as a read-only Zarr array (read from disk on slicing).
+
+    Returns
+    -------
+    D : zarr.Array
+    transposed : bool
+
+    Raises
+    ------
+    InputError
+        No ``gram`` group, one left from another ingest, or one of the wrong shape.
+    """
+    st = _as_store(store)
+    if not st.has_gram:
+        raise InputError(f"{st.path}: no gram matrix; compute it first")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="gram", mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the gram matrix belongs to another ingest; recompute it")
+    gram = group["D"]
+    expected = min(st.n_users, st.n_items)
+    if gram.shape != (expected, expected):
+        raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
+    return gram, bool(attrs["transposed"])
+
+
 def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
-    """Read the Gram matrix written by :func:`compute_gram`.
+    """Read the Gram matrix written by :func:`compute_gram` into memory.
 
     Returns
     -------
@@ -589,20 +615,10 @@ def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
     Raises
     ------
     InputError
-        No ``gram`` group, or one left from another ingest.
+        As :func:`gram_array`.
     """
-    st = _as_store(store)
-    if not st.has_gram:
-        raise InputError(f"{st.path}: no gram matrix; compute it first")
-    group = zarr.open_group(LocalStore(st.path, read_only=True), path="gram", mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
-        raise InputError(f"{st.path}: the gram matrix belongs to another ingest; recompute it")
-    gram = group["D"][...]
-    expected = min(st.n_users, st.n_items)
-    if gram.shape != (expected, expected):
-        raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
-    return gram, bool(attrs["transposed"])
+    gram, transposed = gram_array(store)
+    return gram[...], transposed
 
 
 def write_factors(

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dask_coded_als import codes as codes_module
 from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
 from dask_coded_als.points import evaluation_points, worst_case_condition_number
 
@@ -98,8 +99,11 @@ def test_decode_b_recovers_scaled_operand(points):
     assert rel_err(code.decode_b(scaled), B @ G) < 1e-12
 
 
-def test_circle_product_is_the_complex_product():
-    # The three-GEMM product of packed planes equals the complex product it stands for.
+@pytest.mark.parametrize("chunk", [1, 7, 2**22])
+def test_circle_product_is_the_complex_product(monkeypatch, chunk):
+    # The three-GEMM product of packed planes equals the complex product it stands for, however
+    # the plane sums are chunked.
+    monkeypatch.setattr(codes_module, "_SUM_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(4)
     code = EntangledPolynomialCode(2, 1, 2, 8)
     A, B = random_operands(code, rng)

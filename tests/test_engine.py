@@ -241,3 +241,16 @@ def test_workers_that_never_come_back_give_a_bounded_error():
 
         with pytest.raises(ClusterError, match="workers hold their shard|results it needs"):
             model.fit(R, client=own, callback=shut_down_all)
+
+
+def test_a_gram_matrix_stored_on_disk(client, tmp_path):
+    import zarr
+
+    R = low_rank(30, 22, seed=12)
+    stored = zarr.create_array(tmp_path / "D.zarr", shape=(22, 22), chunks=(7, 7), dtype="f8")
+    stored[...] = R.T @ R
+    reference = fit_als(R, 3, max_iter=4, tol=0, seed=0)
+    for mode in ("coded", "uncoded"):
+        model = CodedALS(3, n_workers=N_WORKERS, mode=mode, max_iter=4, tol=0, seed=0)
+        model.fit(R, client=client, gram=stored)
+        assert product_gap(model, reference) < 1e-9

@@ -295,24 +295,31 @@ class EntangledPolynomialCode:
         With ``pad_to`` the matrix is taken as zero-extended to that shape without copying it
         (D can be most of the master's memory).
         """
-        M = np.asarray(M, dtype=np.float64)
-        if M.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D matrix, got shape {M.shape}")
+        # An array that reads from disk on slicing (a zarr.Array) is read block by block.
+        lazy = not isinstance(M, np.ndarray) and hasattr(M, "shape") and hasattr(M, "__getitem__")
+        if not lazy:
+            M = np.asarray(M, dtype=np.float64)
+        if len(M.shape) != 2:
+            raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(M.shape)}")
         n_rows = self.contraction_blocks
-        shape = M.shape if pad_to is None else pad_to
+        shape = tuple(M.shape) if pad_to is None else pad_to
         if shape[0] < M.shape[0] or shape[1] < M.shape[1]:
-            raise ValueError(f"cannot pad {name} of shape {M.shape} to {shape}")
+            raise ValueError(f"cannot pad {name} of shape {tuple(M.shape)} to {shape}")
         if shape[0] % n_rows or shape[1] % n_cols:
             raise ValueError(
                 f"{name} has shape {shape}: its rows must divide into {n_rows} blocks and its "
                 f"columns into {n_cols} (pad with zeros to a multiple)"
             )
-        if not np.all(np.isfinite(M)):
+        if not lazy and not np.all(np.isfinite(M)):
             raise ValueError(f"{name} contains NaN or infinite values")
         rows, cols = shape[0] // n_rows, shape[1] // n_cols
 
         def block(j: int, i: int) -> np.ndarray:
             part = M[j * rows : (j + 1) * rows, i * cols : (i + 1) * cols]
+            if lazy:
+                part = np.asarray(part, dtype=np.float64)
+                if not np.all(np.isfinite(part)):
+                    raise ValueError(f"{name} contains NaN or infinite values")
             if part.shape == (rows, cols):
                 return part
             full = np.zeros((rows, cols))

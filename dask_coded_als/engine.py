@@ -105,6 +105,18 @@ class _NotEnoughResults(Exception):
 _WORKER_LOST = (FutureCancelledError, CancelledError, KilledWorker, CommClosedError, OSError)
 
 
+def _trace(D: Any, block: int = 2048) -> float:
+    """trace(D), reading only the diagonal blocks of a D stored on disk."""
+    if isinstance(D, np.ndarray):
+        return float(np.trace(D))
+    return float(
+        sum(
+            np.trace(np.asarray(D[a : a + block, a : a + block]))
+            for a in range(0, D.shape[0], block)
+        )
+    )
+
+
 def _nbytes(x: Any) -> int:
     return int(getattr(x, "nbytes", 0))
 
@@ -694,14 +706,16 @@ class CodedALS:
     # -- coded mode ----------------------------------------------------------------------------
     def _fit_coded(self, source: Any, B: np.ndarray, callback: Callable | None) -> np.ndarray:
         code = ALSCode(self.h_, self.n_workers, self.points)
-        D = self._in_memory(source)
+        # A D stored on disk is never loaded whole: the encoder reads it block by block for each
+        # shard, so the master holds one shard at a time while the workers fill up.
+        D = source if not isinstance(source, np.ndarray) else self._in_memory(source)
         size = D.shape[0]
         padded = code.padded_size(size)
         if padded != size:
             # Zero padding is exact: the padded rows of every factor stay zero.
             # D is padded on the fly by the encoder, so it is never copied.
             B = np.pad(B, ((0, padded - size), (0, 0)))
-        trace_D = float(np.trace(D))
+        trace_D = _trace(D)
         lam = float(self.regularization)
         thresholds = code.stage_thresholds
         K = code.recovery_threshold
@@ -712,10 +726,10 @@ class CodedALS:
             list(range(self.n_workers)), lambda w, data=D: code.encode_data(data, [w])[0]
         )
         self.timings_["scatter_data"] = time.perf_counter() - t0
-        del D  # a lost shard is rebuilt from the source
+        del D
 
         def make_shard(w: int) -> np.ndarray:
-            return code.encode_data(self._in_memory(source), [w])[0]
+            return code.encode_data(source, [w])[0]
 
         state = {"B": B, "n_iter": self._start_round, "converged": False}
 

@@ -4,8 +4,8 @@ ingest, D and 10 coded iterations at d = 64, with wall time and peak memory per 
     python pipelines/scale.py --workdir /tmp/scale [--users N --items N --ratings N] \\
         [--workers 12 --h 3 --factors 64 --iterations 10] [--json out.json]
 
-Peak memory is the machine's used memory (master and worker processes together, sampled every
-0.2 s) above what was in use when the run started.
+Peak memory is the resident memory of this process and all its children (the LocalCluster's
+scheduler, nannies and workers) together, sampled every 0.2 s.
 """
 
 from __future__ import annotations
@@ -33,25 +33,36 @@ from dask_coded_als.engine import local_cluster  # noqa: E402
 from dask_coded_als.ingest import ingest  # noqa: E402
 
 
+def tree_rss() -> int:
+    """Resident bytes of this process and all its descendants."""
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass  # a process that ended meanwhile
+    return total
+
+
 class MemoryPeak:
-    """Peak of the machine's used memory since the last ``reset``, sampled in a thread."""
+    """Peak resident memory of the process tree since the last ``take``, sampled in a thread."""
 
     def __init__(self) -> None:
-        self.base = psutil.virtual_memory().used
-        self.peak = self.base
+        self.peak = tree_rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, psutil.virtual_memory().used)
+            self.peak = max(self.peak, tree_rss())
             time.sleep(0.2)
 
     def take(self) -> float:
-        """GiB above the starting level at the peak since the last call."""
-        value = (self.peak - self.base) / 2**30
-        self.peak = psutil.virtual_memory().used
+        """GiB at the peak since the last call."""
+        value = self.peak / 2**30
+        self.peak = tree_rss()
         return value
 
     def stop(self) -> None:

@@ -484,6 +484,7 @@ def _write_group(
     attrs: Mapping[str, Any],
     chunks: Mapping[str, tuple[int, ...]],
     array_attrs: Mapping[str, Any] | None = None,
+    compressed: bool = True,
 ) -> None:
     """Write group ``name`` with ``arrays`` atomically (see the module docstring)."""
     tmp = _tmp_name("tmp", name)
@@ -497,6 +498,7 @@ def _write_group(
                 dtype=value.dtype,
                 chunks=chunks[key],
                 attributes=dict(array_attrs or {}),
+                **({} if compressed else {"compressors": None}),
             )
             arr[...] = value
         _swap_in(st.path, tmp, name)
@@ -573,7 +575,17 @@ def compute_gram(
         "n_items": st.n_items,
         "ingest_id": st.attrs.get("ingest_id"),
     }
-    _write_group(st, "gram", {"D": gram}, attrs, {"D": (side, side)}, {"transposed": transposed})
+    # Uncompressed: the fit reads D once per worker's shard, and a dense Gram matrix hardly
+    # compresses, so decompression would only cost time.
+    _write_group(
+        st,
+        "gram",
+        {"D": gram},
+        attrs,
+        {"D": (side, side)},
+        {"transposed": transposed},
+        compressed=False,
+    )
     return gram, transposed
 
 

@@ -226,10 +226,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         }
         stores.write_checkpoint(store, state["B"], attrs)
 
-    if not store.has_gram:
-        stores.compute_gram(store)
-    D = stores.gram_array(store)[0]  # read from disk while the shards are placed, then dropped
     with _client(args, args.workers) as client:
+        # D is computed only once a cluster is there, so a failed connection leaves the store
+        # as it was; the fit reads D from disk block by block.
+        if not store.has_gram:
+            stores.compute_gram(store)
+        D = stores.gram_array(store)[0]
         model.fit(
             R,
             client=client,

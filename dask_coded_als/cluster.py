@@ -93,9 +93,9 @@ def tls_security(
         # Builds the SSL context now: loads the CA, the certificate and the key.
         security.get_connection_args("client")
     except (ssl.SSLError, OSError, ValueError) as exc:
+        given = ", ".join(str(name) for name in (tls_ca_file, tls_cert, tls_key) if name)
         raise ClusterError(
-            f"the TLS files ({tls_ca_file}, {tls_cert}, {tls_key}) are not a usable CA, "
-            f"certificate and key: {_first_line(exc)}"
+            f"the TLS files {given} are not a usable CA, certificate and key ({_first_line(exc)})"
         ) from None
     return security
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
 import random
+import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +37,7 @@ import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from dask_coded_als import theory
-from dask_coded_als.codes import ALSCode
+from dask_coded_als.codes import ALSCode, NumericalWarning
 from dask_coded_als.engine import CodedALS, local_cluster
 from dask_coded_als.errors import ClusterError, InputError
 from dask_coded_als.stragglers import StragglerModel
@@ -136,8 +139,8 @@ TABLE1_FULL = Table1Config(
     hs=(2, 3, 4, 5, 6),
     n_stragglers=2,
     straggler_delay=1.0,
-    max_iter=5,
-    calibration_repeats=9,
+    max_iter=7,
+    calibration_repeats=15,
 )
 TABLE1_QUICK = Table1Config(
     m=240,
@@ -150,7 +153,7 @@ TABLE1_QUICK = Table1Config(
     n_stragglers=2,
     straggler_delay=0.25,
     max_iter=2,
-    calibration_repeats=3,
+    calibration_repeats=25,
 )
 
 
@@ -177,6 +180,9 @@ class BenchConfig:
         Relative objective gap to the truncated-SVD optimum that counts as converged.
     max_power_iter : int
         Largest ``n_power_iter`` tried for ``svd_compressed``.
+    repeats : int
+        Fits per method and straggler model (and svd_compressed runs per straggler model),
+        interleaved; medians are reported.
     straggler_models : tuple of str
         The straggler models compared.
     """
@@ -193,6 +199,7 @@ class BenchConfig:
     max_iter: int
     target_gap: float
     max_power_iter: int
+    repeats: int = 1
     straggler_models: tuple[str, ...] = ("none", "fixed", "random", "shifted-exponential")
 
 
@@ -209,6 +216,7 @@ BENCH_FULL = BenchConfig(
     max_iter=10,
     target_gap=1e-6,
     max_power_iter=8,
+    repeats=3,
 )
 BENCH_QUICK = BenchConfig(
     m=240,
@@ -219,7 +227,7 @@ BENCH_QUICK = BenchConfig(
     n_workers=13,
     h=3,
     n_stragglers=2,
-    straggler_delay=0.1,
+    straggler_delay=0.05,
     max_iter=4,
     target_gap=1e-6,
     max_power_iter=6,
@@ -259,6 +267,14 @@ def synthetic_ratings(m: int, n: int, rank: int, noise: float, seed: int = 0) ->
     U = rng.standard_normal((m, rank))
     V = rng.standard_normal((n, rank))
     return U @ V.T + noise * rng.standard_normal((m, n))
+
+
+def _optimum(R: np.ndarray, d: int) -> float:
+    """min ||R - U V^T||_F^2 over rank d: the sum of sigma_i^2 for i > d (scipy.linalg.svd)."""
+    import scipy.linalg
+
+    singular = scipy.linalg.svd(R, compute_uv=False)
+    return float(np.sum(singular[d:] ** 2))
 
 
 def _gram(R: np.ndarray) -> np.ndarray:
@@ -413,7 +429,8 @@ def _cluster(client: Client | None, n_workers: int) -> Iterator[tuple[Client, Lo
         yield client, None
         return
     with (
-        local_cluster(n_workers) as cluster,
+        # Closing a large cluster makes workers log failed heartbeats: not worth showing.
+        local_cluster(n_workers, silence_logs=logging.CRITICAL) as cluster,
         Client(cluster, timeout="60s", set_as_default=False) as own,
     ):
         _wait_for_workers(own, n_workers)
@@ -518,12 +535,19 @@ def calibrate_stage1(
         client.cancel([shard_f, factor_f, future])
         out[h] = {
             "median": _median(times),
-            "std": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0,
+            "std": _robust_std(times),
             "n_ops": size * size * n_factors / (h * h),
             "size": size,
             "times": [float(t) for t in times],
         }
     return out
+
+
+def _robust_std(times: Sequence[float]) -> float:
+    """1.4826 x the median absolute deviation: the standard deviation of normal data, without
+    letting one run that the operating system interrupted dominate it."""
+    x = np.asarray(times, dtype=np.float64)
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size > 1 else 0.0
 
 
 def _model_parameters(calibration: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -556,12 +580,62 @@ def _shared_core_estimate(
 # ---- Table I -----------------------------------------------------------------------------------
 
 
+def _warm_up(
+    client: Client,
+    R: np.ndarray,
+    D: np.ndarray,
+    d: int,
+    n_workers: int,
+    h: int | None,
+    mode: str = "coded",
+) -> None:
+    """One untimed update (no stragglers) so that timed fits do not pay first-use costs."""
+    CodedALS(n_factors=d, n_workers=n_workers, h=h, mode=mode, max_iter=1, tol=0.0, seed=0).fit(
+        R, client=client, gram=D
+    )
+
+
 def _run_cell(
-    client: Client, R: np.ndarray, D: np.ndarray, cfg: Table1Config, k: int, h: int, seed: int
+    client: Client,
+    R: np.ndarray,
+    D: np.ndarray,
+    cfg: Table1Config,
+    k: int,
+    h: int,
+    seed: int,
+    optimum: float,
 ) -> dict[str, Any]:
     """One coded fit on W = k + s workers with s fixed stragglers; medians of its rounds."""
     n_workers = k + cfg.n_stragglers
-    model = CodedALS(
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NumericalWarning)
+        model = _fit_cell(client, R, D, cfg, n_workers, h, seed)
+    worst = [
+        float(match.group(1))
+        for w in caught
+        if issubclass(w.category, NumericalWarning)
+        and (match := re.search(r"relative error near ([0-9.e+-]+)", str(w.message)))
+    ]
+    for w in caught:
+        if not issubclass(w.category, NumericalWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    summary = _summarize_cell(model, cfg, n_workers, seed)
+    summary["final_gap"] = relative_gap(model.history_[-1]["objective"], optimum)
+    summary["decode_warnings"] = len(worst)
+    summary["worst_expected_decode_error"] = max(worst, default=None)
+    return summary
+
+
+def _fit_cell(
+    client: Client,
+    R: np.ndarray,
+    D: np.ndarray,
+    cfg: Table1Config,
+    n_workers: int,
+    h: int,
+    seed: int,
+) -> CodedALS:
+    return CodedALS(
         n_factors=cfg.d,
         n_workers=n_workers,
         h=h,
@@ -572,6 +646,10 @@ def _run_cell(
         tol=0.0,
         seed=seed,
     ).fit(R, client=client, gram=D)
+
+
+def _summarize_cell(model: CodedALS, cfg: Table1Config, n_workers: int, seed: int) -> dict:
+    """Medians over the timed rounds of one cell's fit."""
     rounds = _timed_rounds(model.history_)
     stragglers = set(
         StragglerModel("fixed", n_workers, cfg.n_stragglers, cfg.straggler_delay, seed=seed).fixed
@@ -616,7 +694,7 @@ def run_table1(
     total-work estimate for the cores of this machine.
 
     The model is calibrated once: op_mean = (isolated stage-1 seconds) / (l^2 d / h^2) and
-    op_std = (their standard deviation) / sqrt(l^2 d / h^2), both at the smallest h (the
+    op_std = (their robust standard deviation) / sqrt(l^2 d / h^2), both at the smallest h (the
     largest task). Each task is one worker's work per the paper's eq. (41), so the model
     predicts the per-worker time on a dedicated core.
 
@@ -651,6 +729,7 @@ def run_table1(
     hs = sorted({h for _, h in cells})
     R = synthetic_ratings(cfg.m, cfg.n, cfg.rank, cfg.noise, seed)
     D = _gram(R)
+    optimum = _optimum(R, cfg.d)
     cores = _n_cores()
     first_w = min(k for k, _ in cells) + cfg.n_stragglers
     last_w = max(k for k, _ in cells) + cfg.n_stragglers
@@ -660,10 +739,16 @@ def run_table1(
             active, D, cfg.d, hs, cfg.n_stragglers, cfg.calibration_repeats, seed
         )
         params = _model_parameters(calibration)
+        warm: set[int] = set()
         for k, h in cells:
             n_workers = k + cfg.n_stragglers
             _ensure_workers(active, cluster, n_workers)
-            measured = _run_cell(active, R, D, cfg, k, h, seed)
+            if n_workers not in warm:
+                # One untimed update on these workers first: the first task on a fresh worker
+                # pays for imports and allocations.
+                _warm_up(active, R, D, cfg.d, n_workers, h)
+                warm.add(n_workers)
+            measured = _run_cell(active, R, D, cfg, k, h, seed, optimum)
             # Let the stragglers' last sleeping tasks end before the next cell starts.
             time.sleep(cfg.straggler_delay)
             padded = calibration[h]["size"]
@@ -738,8 +823,9 @@ def _write_table1_markdown(path: Path, result: dict, wall_time: float) -> None:
         f"127.0.0.1, with {s} fixed stragglers {cfg['straggler_delay']:g} s late in every task "
         "(they compute, then sleep), so the master decodes from the k others. One LocalCluster "
         "is grown from the smallest W to the largest as k grows, so no idle process sits in a "
-        f"cell. Each cell runs {cfg['max_iter']} updates; medians over the rounds that update "
-        "the factor after the first.",
+        f"cell. Before the first cell of each W one untimed update warms the workers up. Each "
+        f"cell runs {cfg['max_iter']} updates; medians over the rounds that update the factor "
+        "after the first.",
         "",
         "Columns:",
         "",
@@ -749,29 +835,66 @@ def _write_table1_markdown(path: Path, result: dict, wall_time: float) -> None:
         "workers whose results were used, timed inside the task while all W processes share "
         f"the {machine['cores']} cores.",
         "- **task alone**: the same task timed alone on one worker (a core to itself); median "
-        f"of {cfg['calibration_repeats']} runs.",
+        f"of {cfg['calibration_repeats']} runs (std: 1.4826 x their median absolute deviation).",
         "- **model**: the Appendix-A expected iteration time (one core per worker, the K-th "
         "fastest of the k non-stragglers per stage, Royston's approximation), calibrated with "
         f"op_mean = {params['op_mean']:.3e} s and op_std = {params['op_std']:.3e} s per unit "
         f"operation from the task alone at h = {params['h_ref']} "
         "(op_mean = median / N and op_std = std / sqrt(N) with N = l^2 d / h^2, as the "
         "model's eq. 41 says a task of N operations has mean N op_mean and variance "
-        "N op_std^2).",
+        "N op_std^2); **model stage 1** is its stage-1 term, to set beside the task alone.",
         f"- **total work / {machine['cores']} cores**: W x (per-worker operations of the four "
         f"stages) x op_mean / {machine['cores']}: what an iteration costs when every process "
         "shares the machine's cores.",
         "- **paper**: the paper's Table I, for reference (its setup and what it timed are not "
         "stated).",
         "",
-        f"| k | h | W | K | master (s) | task in cluster (s) | task alone (s) | model (s) "
-        f"| total work / {machine['cores']} cores (s) | paper (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| k | h | W | K | master (s) | model (s) | task in cluster (s) | task alone (s) "
+        f"| model stage 1 (s) | total work / {machine['cores']} cores (s) | paper (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         lines.append(
             f"| {c['k']} | {c['h']} | {c['W']} | {c['K']} | {_fmt(c['time'])} | "
-            f"{_fmt(c['compute'])} | {_fmt(c['isolated'])} | {_fmt(c['model'])} | "
-            f"{_fmt(c['shared_estimate'])} | {_fmt(c['paper'], 4)} |"
+            f"{_fmt(c['model'])} | {_fmt(c['compute'])} | {_fmt(c['isolated'])} | "
+            f"{_fmt(c['model_stage1'])} | {_fmt(c['shared_estimate'])} | "
+            f"{_fmt(c['paper'], 4)} |"
+        )
+    if any(c["model"] <= 0 or c["model_stage1"] <= 0 for c in cells):
+        lines += [
+            "",
+            "Some model values are not positive: where sqrt(N) op_std is comparable to "
+            "N op_mean, the normal approximation of a task's time (eq. 41) puts an early order "
+            "statistic below zero; the model does not apply to tasks this small.",
+        ]
+    lines += [
+        "",
+        "Where the master's iteration goes (medians, seconds): the wait for each stage's "
+        "threshold of results (E: K, F and S: 2h - 1, B: h), encoding and decoding at the "
+        "master, and the rest (scattering operands to the W workers, submitting tasks); "
+        "megabytes sent to / received from the workers per iteration. Accuracy: the relative "
+        f"gap of the objective after {cfg['max_iter']} updates to the rank-d optimum (the SVD), "
+        "and the decodes for which the code warned of an ill-conditioned set of answering "
+        "workers, with the worst relative error it announced.",
+        "",
+        "| k | h | wait E | wait F | wait S | wait B | encode + decode | rest | MB sent "
+        "| MB received | final gap | decode warnings (worst error) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        waits = c["stage_seconds"]
+        rest = c["time"] - sum(waits.values()) - c["master_seconds"]
+        lines.append(
+            f"| {c['k']} | {c['h']} | "
+            + " | ".join(_fmt(waits[name]) for name in ("E", "F", "S", "B"))
+            + f" | {_fmt(c['master_seconds'])} | {_fmt(rest)} | {c['bytes_sent'] / 1e6:.1f} "
+            f"| {c['bytes_received'] / 1e6:.1f} | {c['final_gap']:.1e} | "
+            + (
+                f"{c['decode_warnings']} ({c['worst_expected_decode_error']:.0e})"
+                if c["decode_warnings"]
+                else "0"
+            )
+            + " |"
         )
     used = sum(c["straggler_answers_used"] for c in cells)
     lines += [
@@ -847,12 +970,19 @@ def _plot_table1(path: Path, result: dict) -> None:
     calibration = result["calibration"]
     hs = sorted(int(h) for h in calibration)
     axes[1].plot(
-        hs, [calibration[str(h)]["median"] for h in hs], "ks--", label="task alone (1 core)"
+        hs, [calibration[str(h)]["median"] for h in hs], "ks-", label="task alone (1 core)"
     )
-    axes[2].plot(hs, [calibration[str(h)]["median"] for h in hs], "ks-", label="stage-1 task alone")
+    widest = sorted((c for c in cells if c["k"] == ks[-1]), key=lambda c: c["h"])
+    axes[1].plot(
+        [c["h"] for c in widest],
+        [c["model_stage1"] for c in widest],
+        "--",
+        color="grey",
+        label=f"model, stage 1 (k = {ks[-1]})",
+    )
     axes[0].set_title(f"master: iteration (dotted: total work / {cores} cores)")
-    axes[1].set_title("workers: stage-1 task compute")
-    axes[2].set_title("Appendix-A model (x: paper's Table I)")
+    axes[1].set_title("stage-1 task: in the cluster (lines) and alone")
+    axes[2].set_title("iteration: Appendix-A model (x: paper's Table I)")
     for ax in axes:
         ax.set_xlabel("h")
         ax.set_ylabel("seconds")
@@ -1017,7 +1147,7 @@ def run_bench(
     Parameters
     ----------
     quick : bool
-        Small sizes (m = 240, n = 150, d = 20, 4 updates, stragglers 0.1 s late).
+        Small sizes (m = 240, n = 150, d = 20, 4 updates, stragglers 0.05 s late).
     out_dir : Path
         Folder for ``bench.md``, ``bench.json``, ``bench_iteration.png`` and
         ``bench_convergence.png``.
@@ -1042,8 +1172,7 @@ def run_bench(
     R = synthetic_ratings(cfg.m, cfg.n, cfg.rank, cfg.noise, seed)
     singular = scipy.linalg.svd(R, compute_uv=False)
     optimum = float(np.sum(singular[cfg.d :] ** 2))
-    runs: list[dict[str, Any]] = []
-    svd_runs: list[dict[str, Any]] = []
+    svd_search: list[dict[str, Any]] = []
     with _cluster(client, cfg.n_workers) as (active, _):
         addresses = _addresses(active, cfg.n_workers)
         # R in W row blocks, block i on worker i: every method starts from R on the workers.
@@ -1054,19 +1183,34 @@ def run_bench(
             dtype=np.float64,
         )
         gram_seconds = time.perf_counter() - t0
-        for model_name in cfg.straggler_models:
-            for method in METHODS:
-                fit = _fit_method(active, R, D, cfg, method, model_name, seed)
-                runs.append(
-                    _summarize_fit(fit, method, model_name, optimum, cfg.target_gap, gram_seconds)
-                )
-                time.sleep(cfg.straggler_delay)  # let sleeping stragglers finish
+        for method in METHODS:
+            _warm_up(
+                active, R, D, cfg.d, cfg.n_workers, cfg.h if method == "coded" else None, method
+            )
+        fits: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(cfg.repeats):
+            for model_name in cfg.straggler_models:
+                for method in METHODS:
+                    fit = _fit_method(active, R, D, cfg, method, model_name, seed)
+                    fits.setdefault((model_name, method), []).append(
+                        _summarize_fit(
+                            fit, method, model_name, optimum, cfg.target_gap, gram_seconds
+                        )
+                    )
+                    time.sleep(cfg.straggler_delay)  # let sleeping stragglers finish
+        runs = [
+            _combine_repeats(fits[(model_name, method)])
+            for model_name in cfg.straggler_models
+            for method in METHODS
+        ]
 
+        # svd_compressed: the smallest n_power_iter reaching the target without stragglers,
+        # then that n_power_iter under every straggler model, ``repeats`` times.
         chosen = None
         for q in range(cfg.max_power_iter + 1):
             seconds, u, s, v = _svd_compressed_run(active, X, addresses, cfg.d, q, seed)
             gap = _svd_gap(R, u, s, v, optimum)
-            svd_runs.append(_svd_record("none", q, seconds, gap, u, s, v))
+            svd_search.append(_svd_record("none", q, [seconds], gap, u, s, v))
             if gap < cfg.target_gap:
                 chosen = q
                 break
@@ -1074,24 +1218,37 @@ def run_bench(
         fixed = StragglerModel(
             "fixed", cfg.n_workers, cfg.n_stragglers, cfg.straggler_delay, seed=seed
         ).fixed
-        for model_name in cfg.straggler_models:
-            if model_name == "none":
-                continue
-            plugin = _DelayPlugin(
-                model_name,
-                cfg.straggler_delay,
-                [addresses[w] for w in fixed],
-                cfg.n_stragglers / cfg.n_workers,
-                seed,
-            )
-            active.register_plugin(plugin, name=_DelayPlugin.name)
-            try:
-                seconds, u, s, v = _svd_compressed_run(active, X, addresses, cfg.d, q_used, seed)
-            finally:
-                active.unregister_worker_plugin(_DelayPlugin.name)
-            gap = _svd_gap(R, u, s, v, optimum)
-            svd_runs.append(_svd_record(model_name, q_used, seconds, gap, u, s, v))
-            time.sleep(cfg.straggler_delay)
+        svd_seconds: dict[str, list[float]] = {m: [] for m in cfg.straggler_models}
+        svd_last: dict[str, tuple] = {}
+        if chosen is not None and "none" in svd_seconds:
+            svd_seconds["none"].append(svd_search[-1]["seconds"])
+            svd_last["none"] = (svd_search[-1]["gap"], u, s, v)
+        for _ in range(cfg.repeats):
+            for model_name in cfg.straggler_models:
+                if len(svd_seconds[model_name]) >= cfg.repeats:
+                    continue
+                plugin = _DelayPlugin(
+                    model_name,
+                    cfg.straggler_delay,
+                    [addresses[w] for w in fixed],
+                    cfg.n_stragglers / cfg.n_workers,
+                    seed,
+                )
+                if model_name != "none":
+                    active.register_plugin(plugin, name=_DelayPlugin.name)
+                try:
+                    seconds, u, s, v = _svd_compressed_run(
+                        active, X, addresses, cfg.d, q_used, seed
+                    )
+                finally:
+                    if model_name != "none":
+                        active.unregister_worker_plugin(_DelayPlugin.name)
+                svd_seconds[model_name].append(seconds)
+                svd_last[model_name] = (_svd_gap(R, u, s, v, optimum), u, s, v)
+                time.sleep(cfg.straggler_delay)
+        svd_runs = [
+            _svd_record(m, q_used, svd_seconds[m], *svd_last[m]) for m in cfg.straggler_models
+        ]
         active.cancel(blocks)
     wall_time = time.perf_counter() - t_start
     result = {
@@ -1112,6 +1269,7 @@ def run_bench(
             "n_power_iter": q_used,
             "reached_target": chosen is not None,
             "bytes_input": int(R.nbytes),
+            "search": svd_search,
             "runs": svd_runs,
         },
     }
@@ -1133,12 +1291,19 @@ def run_bench(
 
 
 def _svd_record(
-    model: str, q: int, seconds: float, gap: float, u: np.ndarray, s: np.ndarray, v: np.ndarray
+    model: str,
+    q: int,
+    seconds: list[float],
+    gap: float,
+    u: np.ndarray,
+    s: np.ndarray,
+    v: np.ndarray,
 ) -> dict[str, Any]:
     return {
         "straggler_model": model,
         "n_power_iter": q,
-        "seconds": seconds,
+        "seconds": _median(seconds),
+        "seconds_repeats": [float(x) for x in seconds],
         "gap": gap,
         "bytes_received": int(u.nbytes + s.nbytes + v.nbytes),
     }
@@ -1170,6 +1335,25 @@ def _summarize_fit(
     }
 
 
+def _combine_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for repeated fits: medians of the times; the curves of the median fit."""
+    order = sorted(
+        range(len(repeats)),
+        key=lambda i: math.inf if repeats[i]["time_to_gap"] is None else repeats[i]["time_to_gap"],
+    )
+    combined = dict(repeats[order[(len(order) - 1) // 2]])
+    combined["time_per_iteration"] = _median([r["time_per_iteration"] for r in repeats])
+    reached = [r for r in repeats if r["time_to_gap"] is not None]
+    if len(reached) == len(repeats):
+        combined["time_to_gap"] = _median([r["time_to_gap"] for r in repeats])
+        combined["time_to_gap_with_setup"] = _median([r["time_to_gap_with_setup"] for r in repeats])
+    combined["repeats"] = [
+        {key: r[key] for key in ("time_per_iteration", "time_to_gap", "setup_seconds")}
+        for r in repeats
+    ]
+    return combined
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -1180,7 +1364,6 @@ def _bench_ratios(result: dict) -> dict[str, Any]:
     """Per straggler model: every method against coded (time per iteration, time to gap)."""
     runs = {(r["straggler_model"], r["method"]): r for r in result["runs"]}
     svd = {r["straggler_model"]: r for r in result["svd_compressed"]["runs"]}
-    q = result["svd_compressed"]["n_power_iter"]
     out: dict[str, Any] = {}
     for model in result["config"]["straggler_models"]:
         coded = runs.get((model, "coded"))
@@ -1197,7 +1380,7 @@ def _bench_ratios(result: dict) -> dict[str, Any]:
                 ),
                 "time_to_gap_vs_coded": _ratio(run["time_to_gap"], coded["time_to_gap"]),
             }
-        svd_run = svd.get(model) if model != "none" else _svd_at(result, q)
+        svd_run = svd.get(model)
         if svd_run is not None:
             entry["svd_compressed"] = {
                 "time_to_gap_vs_coded": _ratio(svd_run["seconds"], coded["time_to_gap"]),
@@ -1208,21 +1391,6 @@ def _bench_ratios(result: dict) -> dict[str, Any]:
             }
         out[model] = entry
     return out
-
-
-def _svd_at(result: dict, q: int) -> dict | None:
-    for r in result["svd_compressed"]["runs"]:
-        if r["straggler_model"] == "none" and r["n_power_iter"] == q:
-            return r
-    return None
-
-
-_LABELS = {
-    "coded": "coded",
-    "uncoded": "uncoded",
-    "replication": "replication",
-    "svd_compressed": "svd_compressed",
-}
 
 
 def _write_bench_markdown(path: Path, result: dict) -> None:
@@ -1237,7 +1405,10 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
         f"Generated by `{command}` (also `python pipelines/bench.py`); wall time "
         f"{result['wall_time']:.0f} s. Machine: {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB, Python {machine['python']}, numpy {machine['numpy']}, "
-        f"dask/distributed {machine['distributed']}. All numbers below come from this one run.",
+        f"dask/distributed {machine['distributed']}. All numbers below come from this one run; "
+        f"each is the median of {cfg['repeats']} interleaved repetition(s) (every fit of every "
+        "method and straggler model once, then again), so that slow spells of the machine "
+        "spread over all methods.",
         "",
         f"Data: R = U V^T + noise, m = {cfg['m']}, n = {cfg['n']}, rank {cfg['rank']}, noise std "
         f"{cfg['noise']:g}; d = {cfg['d']} (sigma_d = {result['singular_values']['d']:.4g}, "
@@ -1246,6 +1417,7 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
         "",
         f"Cluster: W = {cfg['n_workers']} worker processes (one thread each) on 127.0.0.1, "
         f"{machine['cores']} cores. ALS: {cfg['max_iter']} updates per fit, no early stop; "
+        "one untimed update per method first warms the workers up; "
         f"coded h = {cfg['h']} (K = {theory.recovery_threshold(cfg['h'])}); replication keeps "
         f"{cfg['n_stragglers'] + 1} copies of each of "
         f"{cfg['n_workers'] // (cfg['n_stragglers'] + 1)} row blocks of D; uncoded splits D "
@@ -1279,22 +1451,23 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
         "the D computation and shard placement). Bytes: per iteration, master to workers / "
         "workers to master.",
         "",
-        "| straggler model | method | s / iteration | vs coded | rounds to gap | time to gap (s) "
-        "| vs coded | with setup (s) | bytes sent / received per iteration |",
+        "| straggler model | method | s / iteration (min-max) | vs coded | rounds to gap "
+        "| time to gap (s) (min-max) | vs coded | with setup (s) "
+        "| bytes sent / received per iteration |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = result["ratios"]
-    svd_by = {
-        r["straggler_model"]: r for r in svd["runs"] if r["n_power_iter"] == svd["n_power_iter"]
-    }
+    svd_by = {r["straggler_model"]: r for r in svd["runs"]}
     for model in cfg["straggler_models"]:
         for run in (r for r in result["runs"] if r["straggler_model"] == model):
             ratio = ratios.get(model, {}).get(run["method"], {})
             lines.append(
-                f"| {model} | {run['method']} | {_fmt(run['time_per_iteration'])} | "
+                f"| {model} | {run['method']} | {_fmt(run['time_per_iteration'])}"
+                f"{_spread(run, 'time_per_iteration')} | "
                 f"{_fmt(ratio.get('time_per_iteration_vs_coded'))} | "
                 f"{'-' if run['rounds_to_gap'] is None else run['rounds_to_gap']} | "
-                f"{_fmt(run['time_to_gap'])} | {_fmt(ratio.get('time_to_gap_vs_coded'))} | "
+                f"{_fmt(run['time_to_gap'])}{_spread(run, 'time_to_gap')} | "
+                f"{_fmt(ratio.get('time_to_gap_vs_coded'))} | "
                 f"{_fmt(run['time_to_gap_with_setup'])} | "
                 f"{run['bytes_sent_per_iteration'] / 1e6:.1f} MB / "
                 f"{run['bytes_received_per_iteration'] / 1e6:.1f} MB |"
@@ -1304,7 +1477,8 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
             ratio = ratios.get(model, {}).get("svd_compressed", {})
             lines.append(
                 f"| {model} | svd_compressed (q = {s_run['n_power_iter']}) | - | - | - | "
-                f"{_fmt(s_run['seconds'])} (gap {s_run['gap']:.1e}) | "
+                f"{_fmt(s_run['seconds'])}{_spread_of(s_run['seconds_repeats'])} "
+                f"(gap {s_run['gap']:.1e}) | "
                 f"{_fmt(ratio.get('time_to_gap_vs_coded'))} | - | "
                 f"R once / {s_run['bytes_received'] / 1e6:.1f} MB |"
             )
@@ -1315,9 +1489,8 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
         "| n_power_iter | seconds | gap |",
         "|---|---|---|",
     ]
-    for r in svd["runs"]:
-        if r["straggler_model"] == "none":
-            lines.append(f"| {r['n_power_iter']} | {_fmt(r['seconds'])} | {r['gap']:.2e} |")
+    for r in svd["search"]:
+        lines.append(f"| {r['n_power_iter']} | {_fmt(r['seconds'])} | {r['gap']:.2e} |")
     lines += [
         "",
         "## Headline ratios (this run)",
@@ -1332,6 +1505,17 @@ def _write_bench_markdown(path: Path, result: dict) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _spread_of(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return ""
+    return f" ({_fmt(min(values))}-{_fmt(max(values))})"
+
+
+def _spread(run: dict, key: str) -> str:
+    return _spread_of([r[key] for r in run.get("repeats", [])])
 
 
 def _headlines(result: dict) -> list[str]:
@@ -1386,13 +1570,24 @@ def _plot_bench_iteration(path: Path, result: dict) -> None:
     x = np.arange(len(models))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, method in enumerate(METHODS):
-        values = [
-            runs[(m, method)]["time_per_iteration"] if (m, method) in runs else np.nan
-            for m in models
-        ]
-        ax.bar(x + (i - (len(METHODS) - 1) / 2) * width, values, width, label=method)
+        values, low, high = [], [], []
+        for m in models:
+            run = runs.get((m, method))
+            value = run["time_per_iteration"] if run else np.nan
+            spread = [r["time_per_iteration"] for r in (run or {}).get("repeats", [])] or [value]
+            values.append(value)
+            low.append(value - min(spread))
+            high.append(max(spread) - value)
+        ax.bar(
+            x + (i - (len(METHODS) - 1) / 2) * width,
+            values,
+            width,
+            yerr=[low, high],
+            capsize=3,
+            label=method,
+        )
     ax.set_xticks(x, models)
-    ax.set_ylabel("median seconds per iteration")
+    ax.set_ylabel("median seconds per iteration (bars: min-max of repeats)")
     cfg = result["config"]
     ax.set_title(
         f"W = {cfg['n_workers']}, h = {cfg['h']}, s = {cfg['n_stragglers']}, "
@@ -1419,6 +1614,8 @@ def _plot_bench_convergence(path: Path, result: dict) -> None:
             gap = np.maximum(np.asarray(run["gaps"], dtype=float), floor)
             ax.plot(t, gap, "o-", ms=3, label=run["method"])
         svd = [r for r in result["svd_compressed"]["runs"] if r["straggler_model"] == model]
+        if model == "none":
+            svd = result["svd_compressed"]["search"][:-1] + svd
         if svd:
             ax.plot(
                 [r["seconds"] for r in svd],

@@ -1,0 +1,371 @@
+"""Nonsense for every option of every subcommand: a non-zero exit (2 for input, 3 for the
+cluster), exactly one line on stderr, no traceback, and the store left byte for byte as it was.
+
+The command runs in-process through ``main(argv)`` (argparse errors arrive as SystemExit);
+a few cases also run as real processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dask_coded_als import store as stores
+from dask_coded_als.cli import EXIT_CODES, main
+from dask_coded_als.ingest import ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "datasets" / "sample"
+BAD = Path(__file__).resolve().parent / "data" / "bad"
+INPUT, CLUSTER = EXIT_CODES["input"], EXIT_CODES["cluster"]
+#: A port nothing listens on: connections are refused at once.
+NOWHERE = "tcp://127.0.0.1:1"
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``path`` (or of ``path`` itself), by relative path."""
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    } | {str(p.relative_to(path)) + "/": "dir" for p in path.rglob("*") if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, Path]:
+    """A complete store (ratings, Gram matrix, factors), a fresh one (ratings only) and the
+    things that are not stores."""
+    root = tmp_path_factory.mktemp("cli-options")
+    full = root / "full.zarr"
+    ingest(SAMPLE / "ratings.csv", full, movies=SAMPLE / "movies.csv")
+    stores.compute_gram(full)
+    st = stores.open_store(full)
+    rng = np.random.default_rng(0)
+    stores.write_factors(
+        full, rng.standard_normal((st.n_users, 3)), rng.standard_normal((st.n_items, 3)), {}
+    )
+    fresh = root / "fresh.zarr"
+    ingest(SAMPLE / "ratings.csv", fresh)
+    plain = root / "plain-dir"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("not a store\n")
+    group = root / "no-attrs.zarr"
+    zarr.open_group(str(group), mode="w")
+    other = root / "other-layout.zarr"
+    zarr.open_group(str(other), mode="w").attrs.update({"layout": "something/else"})
+    a_file = root / "a-file.zarr"
+    a_file.write_text("{}\n")
+    garbage_pem = root / "garbage.pem"
+    garbage_pem.write_text("not a certificate\n")
+    return {
+        "full": full,
+        "fresh": fresh,
+        "plain": plain,
+        "group": group,
+        "other": other,
+        "file": a_file,
+        "missing": root / "missing.zarr",
+        "pem": garbage_pem,
+        "tmp": root,
+    }
+
+
+def run(argv: list[str]) -> int:
+    """Exit code of the command, whether main returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def check(places, capsys, argv: list[str], code: int, watch: str = "full") -> str:
+    """Run ``argv`` (with ``{name}`` replaced by the paths of ``places``) and check the promise;
+    return the stderr line."""
+    argv = [a.format(**places) for a in argv]
+    watched = places[watch]
+    before = tree_digest(watched) if watched.exists() else None
+    capsys.readouterr()
+    assert run(argv) == code, argv
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, (argv, out.err)
+    assert "Traceback" not in out.err and "Traceback" not in out.out
+    assert lines[0].startswith("dask-coded-als"), lines
+    after = tree_digest(watched) if watched.exists() else None
+    assert after == before, f"{argv} changed {watched}"
+    return lines[0]
+
+
+# ---- fit and evaluate share the model options ------------------------------------------------
+
+#: (options, what the message says) for options whose values make no sense.
+MODEL_NONSENSE = [
+    (["--factors", "0"], "expected an integer >= 1"),
+    (["--factors", "-2"], "expected an integer >= 1"),
+    (["--factors", "abc"], "expected an integer"),
+    (["--factors", "2.5"], "expected an integer"),
+    (["--factors", "251"], "exceeds min(m, n) = 250"),
+    (["--workers", "0"], "expected an integer >= 1"),
+    (["--workers", "many"], "expected an integer"),
+    (["--stragglers", "-1"], "expected an integer >= 0"),
+    (["--stragglers", "8"], "n_stragglers=8 must be smaller than n_workers=8"),
+    (["--stragglers", "3", "--workers", "2"], "must be smaller than n_workers=2"),
+    (["--h", "3"], "h=3 needs 11 answering workers"),
+    (["--h", "2", "--stragglers", "4"], "h=2 needs 5 answering workers"),
+    (["--h", "0"], "expected an integer >= 1"),
+    (["--mode", "fast"], "invalid choice"),
+    (["--straggler-model", "slow"], "invalid choice"),
+    (["--points", "square"], "invalid choice"),
+    (["--straggler-delay", "-1"], "expected a finite number >= 0"),
+    (["--straggler-delay", "nan"], "expected a finite number >= 0"),
+    (["--straggler-delay", "soon"], "expected a number"),
+    (["--iterations", "-1"], "expected an integer >= 0"),
+    (["--iterations", "1e3"], "expected an integer"),
+    (["--tol=-1e-3"], "expected a finite number >= 0"),
+    (["--tol", "-1e-3"], "expected one argument"),  # read as an option
+    (["--tol", "inf"], "expected a finite number >= 0"),
+    (["--regularization", "-0.5"], "expected a finite number >= 0"),
+    (["--regularization", "x"], "expected a number"),
+    (["--seed", "-7"], "expected an integer >= 0"),
+    (["--seed", "0x10"], "expected an integer"),
+    (["--stage-timeout", "-1"], "expected a finite number >= 0"),
+    (["--connect-timeout", "never"], "expected a number"),
+    (["--scheduler", NOWHERE, "--scheduler-file", "s.json"], "not allowed with argument"),
+    (["--bogus"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+@pytest.mark.parametrize(
+    "options,message", MODEL_NONSENSE, ids=[" ".join(o) for o, _ in MODEL_NONSENSE]
+)
+def test_model_options(places, capsys, command, options, message):
+    argv = [command, "{full}", "--factors", "3", *options]
+    assert message in check(places, capsys, argv, INPUT)
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_factors_is_required(places, capsys, command):
+    line = check(places, capsys, [command, "{full}"], INPUT)
+    assert "the following arguments are required: --factors" in line
+
+
+EVALUATE_NONSENSE = [
+    (["--test-fraction", "0"], "between 0 and 1"),
+    (["--test-fraction", "1"], "between 0 and 1"),
+    (["--test-fraction", "1.5"], "between 0 and 1"),
+    (["--test-fraction", "-0.2"], "expected a finite number >= 0"),
+    (["--test-fraction", "half"], "expected a number"),
+    (["--relevant", "-1"], "expected a finite number >= 0"),
+    (["--relevant", "nan"], "expected a finite number >= 0"),
+    (["-k", "0"], "expected an integer >= 1"),
+    (["-k", "ten"], "expected an integer"),
+]
+
+
+@pytest.mark.parametrize(
+    "options,message", EVALUATE_NONSENSE, ids=[" ".join(o) for o, _ in EVALUATE_NONSENSE]
+)
+def test_evaluate_options(places, capsys, options, message):
+    argv = ["evaluate", "{full}", "--factors", "3", *options]
+    assert message in check(places, capsys, argv, INPUT)
+
+
+# ---- stores that are not stores ----------------------------------------------------------------
+
+NOT_A_STORE = [
+    ("missing", "no such store"),
+    ("plain", "not a Zarr v3 store"),
+    ("file", "not a store (a store is a directory)"),
+    ("group", "not a ratings store"),
+    ("other", "not a ratings store"),
+]
+COMMANDS = {
+    "fit": ["--factors", "3"],
+    "evaluate": ["--factors", "3"],
+    "recommend": ["--user", "1"],
+    "similar": ["--item", "1"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("place,message", NOT_A_STORE, ids=[p for p, _ in NOT_A_STORE])
+def test_not_a_store(places, capsys, command, place, message):
+    argv = [command, f"{{{place}}}", *COMMANDS[command]]
+    line = check(places, capsys, argv, INPUT, watch=place if place != "missing" else "full")
+    assert message in line
+    assert not places["missing"].exists()
+
+
+@pytest.mark.parametrize("command", ["recommend", "similar"])
+def test_a_store_without_factors(places, capsys, command):
+    argv = [command, "{fresh}", *COMMANDS[command]]
+    assert "no factors stored" in check(places, capsys, argv, INPUT, watch="fresh")
+
+
+# ---- recommend and similar ---------------------------------------------------------------------
+
+LOOKUP_NONSENSE = [
+    (["recommend", "{full}", "--user", "no-such-user"], ""),
+    (["recommend", "{full}", "--user", "99999"], ""),
+    (["recommend", "{full}"], "the following arguments are required: --user"),
+    (["recommend", "{full}", "--user", "1", "-n", "0"], "expected an integer >= 1"),
+    (["recommend", "{full}", "--user", "1", "-n", "-3"], "expected an integer >= 1"),
+    (["recommend", "{full}", "--user", "1", "-n", "all"], "expected an integer"),
+    (["recommend", "{full}", "--user", "1", "--bogus"], "unrecognized arguments"),
+    (["similar", "{full}", "--item", "no-such-item"], ""),
+    (["similar", "{full}", "--item", "-5"], ""),
+    (["similar", "{full}"], "the following arguments are required: --item"),
+    (["similar", "{full}", "--item", "1", "-n", "0"], "expected an integer >= 1"),
+    (["similar", "{full}", "--item", "1", "-n", "1.5"], "expected an integer"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv,message", LOOKUP_NONSENSE, ids=[" ".join(a[2:]) for a, _ in LOOKUP_NONSENSE]
+)
+def test_lookup_options(places, capsys, argv, message):
+    assert message in check(places, capsys, argv, INPUT)
+
+
+# ---- ingest ----------------------------------------------------------------------------------
+
+INGEST_NONSENSE = [
+    # (argv, watched place, message)
+    (["ingest", "{tmp}/none.csv", "{tmp}/new.zarr"], "full", "none.csv"),
+    (["ingest", str(SAMPLE / "ratings.csv"), "{full}"], "full", ""),  # exists, no --overwrite
+    (["ingest", str(SAMPLE / "ratings.csv"), "{plain}", "--overwrite"], "plain", ""),
+    (["ingest", str(SAMPLE / "ratings.csv"), "{file}", "--overwrite"], "file", ""),
+    (["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--format", "xls"], "full", "xls"),
+    (
+        ["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--columns", "user,item"],
+        "full",
+        "",
+    ),
+    (
+        ["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--columns", "a,b,c,d"],
+        "full",
+        "",
+    ),
+    (
+        ["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--movies", "{tmp}/none.csv"],
+        "full",
+        "none.csv",
+    ),
+    (
+        ["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--movies", "{pem}"],
+        "full",
+        "",
+    ),
+    (["ingest", str(BAD / "duplicate-strict.csv"), "{tmp}/new.zarr", "--strict"], "full", ""),
+    (["ingest", str(BAD / "binary-garbage.csv"), "{tmp}/new.zarr"], "full", ""),
+    (["ingest", str(BAD / "empty.csv"), "{full}", "--overwrite"], "full", ""),
+    (["ingest", str(SAMPLE / "ratings.csv")], "full", "required"),
+    (["ingest", str(SAMPLE / "ratings.csv"), "{tmp}/new.zarr", "--bogus"], "full", "unrecognized"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv,watch,message", INGEST_NONSENSE, ids=[" ".join(a[2:]) for a, _, _ in INGEST_NONSENSE]
+)
+def test_ingest_options(places, capsys, argv, watch, message):
+    assert message in check(places, capsys, argv, INPUT, watch=watch)
+    assert not (places["tmp"] / "new.zarr").exists()
+
+
+def test_unknown_subcommand_and_choice(places, capsys):
+    assert "invalid choice: 'train'" in check(places, capsys, ["train", "{full}"], INPUT)
+    line = check(places, capsys, ["fit", "{full}", "--factors", "3", "--mode", "??"], INPUT)
+    assert "argument --mode: invalid choice" in line
+
+
+# ---- the cluster -------------------------------------------------------------------------------
+
+CLUSTER_NONSENSE = [
+    (["--scheduler", NOWHERE, "--connect-timeout", "2"], CLUSTER, "cannot connect"),
+    (["--scheduler-file", "{tmp}/none.json"], CLUSTER, "does not exist"),
+    (["--scheduler-file", "{pem}"], CLUSTER, "holds no scheduler address"),
+    (["--scheduler", "tls://127.0.0.1:1"], CLUSTER, "is a TLS scheduler"),
+    (["--scheduler", "nonsense://x"], CLUSTER, "cannot connect"),
+    (
+        ["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{tmp}/none.pem"]
+        + ["--tls-cert", "{pem}"],
+        CLUSTER,
+        "does not exist",
+    ),
+    (
+        ["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", "{pem}", "--tls-cert", "{pem}"],
+        CLUSTER,
+        "not a usable",
+    ),
+    (["--tls-ca-file", "{pem}", "--tls-cert", "{pem}"], INPUT, "need --scheduler"),
+    (["--scheduler", NOWHERE, "--tls-cert", "{pem}"], INPUT, "need a tls:// scheduler"),
+    (["--scheduler", "tls://127.0.0.1:1", "--tls-key", "{pem}"], INPUT, "TLS needs"),
+]
+
+
+@pytest.mark.parametrize(
+    "options,code,message", CLUSTER_NONSENSE, ids=[" ".join(o) for o, _, _ in CLUSTER_NONSENSE]
+)
+def test_cluster_options_of_fit(places, capsys, options, code, message):
+    argv = ["fit", "{full}", "--factors", "3", "--workers", "2", *options]
+    line = check(places, capsys, argv, code)
+    assert message in line
+    if code == CLUSTER:
+        assert line.startswith("dask-coded-als: cluster error:")
+
+
+def test_a_scheduler_that_is_not_there_for_evaluate(places, capsys):
+    argv = ["evaluate", "{full}", "--factors", "3", "--scheduler", NOWHERE]
+    line = check(places, capsys, [*argv, "--connect-timeout", "2"], CLUSTER)
+    assert "cannot connect" in line
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--factors", "251"], ["--factors", "3", "--resume"], ["--factors", "3", "--h", "3"]],
+    ids=["factors", "resume", "h"],
+)
+def test_input_errors_leave_a_store_without_gram_unchanged(places, capsys, options):
+    # the options are checked before fit computes (and stores) the Gram matrix
+    check(places, capsys, ["fit", "{fresh}", *options], INPUT, watch="fresh")
+
+
+def test_a_failed_connection_leaves_a_store_without_gram_unchanged(places, capsys):
+    argv = ["fit", "{fresh}", "--factors", "3", "--scheduler", NOWHERE, "--connect-timeout", "1"]
+    check(places, capsys, argv, CLUSTER, watch="fresh")
+
+
+# ---- real processes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,code",
+    [
+        (["fit", "{full}", "--factors", "3", "--scheduler", NOWHERE, "--connect-timeout", "2"], 3),
+        (["similar", "{group}", "--item", "1"], INPUT),
+    ],
+    ids=["scheduler", "layout"],
+)
+def test_real_processes(places, argv, code):
+    argv = [a.format(**places) for a in argv]
+    before = tree_digest(places["full"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "dask_coded_als.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree_digest(places["full"]) == before

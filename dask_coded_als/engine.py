@@ -423,7 +423,7 @@ class CodedALS:
 
         placed = {}
         for (w, data), outcome in zip(items.items(), client.sync(scatter_all), strict=True):
-            if isinstance(outcome, _WORKER_LOST + (TimeoutError, ValueError)):
+            if isinstance(outcome, _WORKER_LOST + (TimeoutError, ValueError, KeyError)):
                 logger.warning("worker %d did not take its operand: %s", w, outcome)
                 continue
             if isinstance(outcome, BaseException):
@@ -468,7 +468,10 @@ class CodedALS:
         self.timings_: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        D = self._gram(R) if gram is None else gram
+        try:
+            D = self._gram(R) if gram is None else gram
+        except _WORKER_LOST as exc:
+            raise ClusterError(f"a worker was lost while D was computed: {exc}") from None
         self.timings_["gram"] = time.perf_counter() - t0
         logger.info("pre-computation: D (%d x %d) in %.2f s", *D.shape, self.timings_["gram"])
 
@@ -626,7 +629,9 @@ class CodedALS:
                     self._address[w] = address
                     try:
                         self._place_shards([w], make_shard)
-                    except (OSError, TimeoutError):
+                    except (*_WORKER_LOST, TimeoutError, ValueError, KeyError):
+                        # The replacement died too (the scheduler may answer KeyError for an
+                        # address it has just removed); the next pass looks again.
                         self._shards[w] = None
                     self.recoveries_ += 1
             live = self._live()

@@ -144,6 +144,7 @@ def _model_from_args(args: argparse.Namespace):
         h=args.h,
         n_stragglers=args.stragglers,
         mode=args.mode,
+        protocol=args.protocol,
         straggler_model=args.straggler_model,
         straggler_delay=args.straggler_delay,
         points=args.points,
@@ -212,7 +213,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
     model = _model_from_args(args)
-    model._validate(R.shape)  # bad options fail before any cluster starts
+    model._settings(R.shape)  # bad options fail before any cluster starts
     fingerprint = {key: getattr(args, key) for key in FINGERPRINT}
     resume = _resume_state(store, fingerprint) if args.resume else None
     if resume is not None:
@@ -323,7 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
-    _model_from_args(args)._validate(R.shape)
+    _model_from_args(args)._settings(R.shape)
     with _client(args, args.workers) as client:
         result = _evaluate(R, args, client)
     if args.json:
@@ -461,7 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_fit_options(p: argparse.ArgumentParser, factors_required: bool = True) -> None:
-    from dask_coded_als.engine import MODES
+    from dask_coded_als.engine import MODES, PROTOCOLS
     from dask_coded_als.stragglers import STRAGGLER_MODELS
 
     p.add_argument("--factors", type=_positive_int, required=factors_required, metavar="D")
@@ -469,6 +470,12 @@ def _add_fit_options(p: argparse.ArgumentParser, factors_required: bool = True) 
     p.add_argument("--stragglers", type=_non_negative_int, default=0, metavar="S")
     p.add_argument("--h", type=_positive_int, default=None, metavar="H")
     p.add_argument("--mode", choices=MODES, default="coded")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="fast",
+        help="fast: one exchange per iteration; paper: the paper's three (same iterates)",
+    )
     p.add_argument("--straggler-model", choices=STRAGGLER_MODELS, default="none")
     p.add_argument("--straggler-delay", type=_non_negative_float, default=0.0, metavar="SECONDS")
     p.add_argument("--points", choices=("circle", "real"), default=None)

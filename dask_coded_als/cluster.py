@@ -11,18 +11,42 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import ssl
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from distributed import Client
+from distributed import Client, LocalCluster
 from distributed.security import Security
 
-from dask_coded_als.engine import local_cluster
 from dask_coded_als.errors import ClusterError, InputError
 
-__all__ = ["connect", "tls_security"]
+__all__ = ["connect", "local_cluster", "tls_security"]
+
+
+def local_cluster(n_workers: int, **kwargs: Any) -> LocalCluster:
+    """A LocalCluster of worker processes with one thread each, bound to 127.0.0.1, no dashboard.
+
+    Keyword arguments override those defaults (e.g. ``dashboard_address="127.0.0.1:8787"``).
+    """
+    options = dict(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=0,
+        host="127.0.0.1",
+        dashboard_address=None,
+        worker_dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    options.update(kwargs)
+    with warnings.catch_warnings():
+        # The scheduler's HTTP endpoint falls back to a free loopback port when 8787 is taken.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        return LocalCluster(**options)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -69,22 +69,51 @@ def _conj_packed(planes: np.ndarray) -> np.ndarray:
     return np.stack([planes[0], -planes[1]])
 
 
-#: Gauss's trick adds the planes of a shard; it does so this many elements at a time, so a
-#: worker never holds a second copy of its shard.
-_SUM_CHUNK_ELEMENTS = 2**22
+#: A worker's product is computed in column chunks of about this many multiply-adds (a few
+#: milliseconds of one core), so that it can stop between two chunks (``interrupt``) and so that
+#: Gauss's trick adds the planes of a shard one chunk at a time, never copying the whole shard.
+CHUNK_MULTIPLY_ADDS = 2**25
+_MIN_CHUNK_COLUMNS = 64
 
 
-def _matmul_t_packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^T b`` for packed complex operands with three real GEMMs (Gauss's trick)."""
-    t1 = a[0].T @ b[0]
-    t2 = a[1].T @ b[1]
-    step = max(1, _SUM_CHUNK_ELEMENTS // max(1, a.shape[2]))
-    t3 = np.zeros_like(t1)
-    for s in range(0, a.shape[1], step):
-        t3 += (a[0, s : s + step] + a[1, s : s + step]).T @ (
-            b[0, s : s + step] + b[1, s : s + step]
-        )
-    return np.stack([t1 - t2, t3 - t1 - t2])
+def _chunk_columns(n_columns: int, multiply_adds_per_column: int) -> int:
+    return max(_MIN_CHUNK_COLUMNS, CHUNK_MULTIPLY_ADDS // max(1, multiply_adds_per_column))
+
+
+def matmul_t(
+    a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """``a^T b`` computed in column chunks of ``a``; None if ``interrupt()`` turns true between
+    two chunks."""
+    n_out = a.shape[1]
+    step = _chunk_columns(n_out, a.shape[0] * b.shape[1])
+    out = np.empty((n_out, b.shape[1]))
+    for c in range(0, n_out, step):
+        if interrupt is not None and interrupt():
+            return None
+        np.matmul(a[:, c : c + step].T, b, out=out[c : c + step])
+    return out
+
+
+def _matmul_t_packed(
+    a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """``a^T b`` for packed complex operands with three real GEMMs (Gauss's trick), in column
+    chunks of ``a``; None if interrupted."""
+    n_out = a.shape[2]
+    step = _chunk_columns(n_out, a.shape[1] * b.shape[2])
+    b_sum = b[0] + b[1]
+    out = np.empty((2, n_out, b.shape[2]))
+    for c in range(0, n_out, step):
+        if interrupt is not None and interrupt():
+            return None
+        a0, a1 = a[0, :, c : c + step], a[1, :, c : c + step]
+        t1 = a0.T @ b[0]
+        t2 = a1.T @ b[1]
+        t3 = (a0 + a1).T @ b_sum
+        out[0, c : c + step] = t1 - t2
+        out[1, c : c + step] = t3 - t1 - t2
+    return out
 
 
 class _Decoder:
@@ -388,11 +417,20 @@ class EntangledPolynomialCode:
         return self._encode(blocks, exponents, workers, conjugate=self.complex)
 
     # -- the workers' product -----------------------------------------------------------------
-    def compute(self, a_shard: np.ndarray, b_shard: np.ndarray) -> np.ndarray:
-        """What a worker computes from its two shards: ``A~(x_w)^T B~(x_w)``."""
+    def compute(
+        self,
+        a_shard: np.ndarray,
+        b_shard: np.ndarray,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> np.ndarray | None:
+        """What a worker computes from its two shards: ``A~(x_w)^T B~(x_w)``.
+
+        Computed in chunks; when ``interrupt`` is given and returns True between two chunks the
+        computation stops and returns None.
+        """
         if self.complex:
-            return _matmul_t_packed(a_shard, b_shard)
-        return a_shard.T @ b_shard
+            return _matmul_t_packed(a_shard, b_shard, interrupt)
+        return matmul_t(a_shard, b_shard, interrupt)
 
     @staticmethod
     def scale_b(b_shard: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -508,16 +546,22 @@ class ALSCode:
         return self.product_code.encode_a(D, workers, pad_to=(size, size))
 
     def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:
-        """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)``."""
+        """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)`` (the operand of
+        the paper's stage 1, whose workers also return ``f_L^T f_R``)."""
         left = self.gram_code.encode_a(B)
         if self.complex:
             return left
         right = self.gram_code.encode_b(B)
         return [np.stack([fl, fr]) for fl, fr in zip(left, right, strict=True)]
 
+    def encode_right(self, M: np.ndarray) -> list[np.ndarray]:
+        """Per-worker ``f_R(M, x_w)``: the operand of :meth:`product` (``M = B``), of stage 3
+        (``M = E``) and of stage 4 (``M = E`` or ``B``)."""
+        return self.gram_code.encode_b(M)
+
     def encode_e(self, E: np.ndarray) -> list[np.ndarray]:
-        """Per-worker ``f_R(E, x_w)`` for stage 3."""
-        return self.gram_code.encode_b(E)
+        """Per-worker ``f_R(E, x_w)`` for stage 3 (same as :meth:`encode_right`)."""
+        return self.encode_right(E)
 
     # -- worker side ---------------------------------------------------------------------------
     def _left_right(self, factor_shard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -525,20 +569,51 @@ class ALSCode:
             return factor_shard, _conj_packed(factor_shard)
         return factor_shard[0], factor_shard[1]
 
+    def product(
+        self,
+        data_shard: np.ndarray,
+        right_shard: np.ndarray,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> np.ndarray | None:
+        """``D~(x_w) f_R(B, x_w)``, the costly product, from ``f_R`` alone; computed in chunks
+        and None if ``interrupt()`` turns true between two of them."""
+        return self.product_code.compute(data_shard, right_shard, interrupt)
+
     def stage1(self, data_shard: np.ndarray, factor_shard: np.ndarray) -> np.ndarray:
-        """``D~(x_w) f_R(B, x_w)`` (the costly product)."""
-        return self.product_code.compute(data_shard, self._left_right(factor_shard)[1])
+        """``D~(x_w) f_R(B, x_w)`` from a factor shard (see :meth:`product`)."""
+        return self.product(data_shard, self._left_right(factor_shard)[1])
+
+    def stage1_and_2(
+        self,
+        data_shard: np.ndarray,
+        factor_shard: np.ndarray,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The paper's step 1: ``D~(x_w) f_R(B, x_w)`` and ``f_L(B, x_w)^T f_R(B, x_w)``
+        together (None if interrupted)."""
+        left, right = self._left_right(factor_shard)
+        product = self.product(data_shard, right, interrupt)
+        if product is None:
+            return None
+        return product, self.gram_code.compute(left, right)
 
     def stage2(self, factor_shard: np.ndarray) -> np.ndarray:
         """``f_L(B, x_w)^T f_R(B, x_w)``."""
         left, right = self._left_right(factor_shard)
         return self.gram_code.compute(left, right)
 
-    def stage3(self, factor_shard: np.ndarray, e_shard: np.ndarray) -> np.ndarray:
+    def stage3(
+        self,
+        factor_shard: np.ndarray,
+        e_shard: np.ndarray,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> np.ndarray | None:
         """``f_L(B, x_w)^T f_R(E, x_w)``."""
-        return self.gram_code.compute(self._left_right(factor_shard)[0], e_shard)
+        return self.gram_code.compute(self._left_right(factor_shard)[0], e_shard, interrupt)
 
-    def stage4(self, e_shard: np.ndarray, G: np.ndarray) -> np.ndarray:
+    def stage4(
+        self, e_shard: np.ndarray, G: np.ndarray, interrupt: Callable[[], bool] | None = None
+    ) -> np.ndarray:
         """``f_R(E, x_w) G = f_R(E G, x_w)``."""
         return self.gram_code.scale_b(e_shard, np.asarray(G, dtype=np.float64))
 

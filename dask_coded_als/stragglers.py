@@ -13,6 +13,9 @@ import numpy as np
 __all__ = ["STRAGGLER_MODELS", "StragglerModel", "TaskDelay", "Kill"]
 
 STRAGGLER_MODELS = ("none", "fixed", "random", "shifted-exponential", "kill")
+#: A kill lands this many seconds (uniform) or less after its round starts: while the round's
+#: first exchange is under way in every mode and protocol.
+KILL_WINDOW = 0.05
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,10 @@ class TaskDelay:
 
 @dataclass(frozen=True)
 class Kill:
-    """SIGKILL the process of ``worker`` when round ``round`` reaches stage ``stage``, after
-    ``after`` seconds."""
+    """SIGKILL the process of ``worker`` ``after`` seconds into round ``round``."""
 
     worker: int
     round: int
-    stage: int
     after: float
 
 
@@ -44,7 +45,8 @@ class StragglerModel:
         task. ``random``: ``n_stragglers`` workers drawn anew for every stage are late by
         ``delay``. ``shifted-exponential``: every task's time is scaled by ``1 + X`` with X
         exponential of mean ``delay`` (the shifted-exponential model of the coded-computing
-        literature). ``kill``: ``n_stragglers`` worker processes are killed at random moments.
+        literature). ``kill``: ``n_stragglers`` worker processes are killed, each in a random
+        round, at most :data:`KILL_WINDOW` seconds after the round starts.
     n_workers : int
         W.
     n_stragglers : int
@@ -94,19 +96,15 @@ class StragglerModel:
         if model == "kill":
             self.kills = sorted(
                 (
-                    Kill(
-                        int(w),
-                        int(rng.integers(n_rounds)),
-                        int(rng.integers(1, 5)),
-                        float(rng.uniform(0, 0.05)),
-                    )
+                    Kill(int(w), int(rng.integers(n_rounds)), float(rng.uniform(0, KILL_WINDOW)))
                     for w in chosen
                 ),
-                key=lambda k: (k.round, k.stage),
+                key=lambda k: (k.round, k.after),
             )
 
     def delays(self, round: int, stage: int) -> list[TaskDelay]:
-        """The delay of every worker's task in one stage of one round."""
+        """The delay of every worker's task in one stage (exchange) of one round; stages count
+        from 1 in the order a round runs them."""
         none = TaskDelay()
         if self.model in ("none", "kill"):
             return [none] * self.n_workers
@@ -123,6 +121,6 @@ class StragglerModel:
             return [none] * self.n_workers
         return [TaskDelay(0.0, float(x)) for x in slowdowns]
 
-    def kills_at(self, round: int, stage: int) -> list[Kill]:
-        """Kills scheduled for this stage of this round."""
-        return [k for k in self.kills if k.round == round and k.stage == stage]
+    def kills_at(self, round: int) -> list[Kill]:
+        """Kills scheduled for this round."""
+        return [k for k in self.kills if k.round == round]

@@ -322,7 +322,7 @@ def run_one(
     def kill_more(entry: dict) -> None:
         if plan.extra_kills and not done and entry["iteration"] == plan.extra_after:
             done.append(True)
-            fired.extend(kill_local_workers([model._address[w] for w in plan.extra_kills]))
+            fired.extend(kill_local_workers([model.workers_[w] for w in plan.extra_kills]))
 
     box: dict = {}
 

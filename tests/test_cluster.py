@@ -267,7 +267,7 @@ def test_python_api_on_a_scheduler_file_equals_the_local_cluster_fit(
         workers = set(client.scheduler_info(n_workers=-1)["workers"])
         model = CodedALS(4, n_workers=4, max_iter=4, tol=0, seed=1)
         model.fit(R, client=client)
-    assert set(model._address.values()) == workers  # every stage ran on the real workers
+    assert set(model.workers_.values()) == workers  # every stage ran on the real workers
     assert len(workers) == 4
     assert gap(product(model.user_factors_, model.item_factors_), local_product) < 1e-9
 

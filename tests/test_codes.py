@@ -102,8 +102,8 @@ def test_decode_b_recovers_scaled_operand(points):
 @pytest.mark.parametrize("chunk", [1, 7, 2**22])
 def test_circle_product_is_the_complex_product(monkeypatch, chunk):
     # The three-GEMM product of packed planes equals the complex product it stands for, however
-    # the plane sums are chunked.
-    monkeypatch.setattr(codes_module, "_SUM_CHUNK_ELEMENTS", chunk)
+    # the product is cut into column chunks.
+    monkeypatch.setattr(codes_module, "_chunk_columns", lambda n_columns, per_column: chunk)
     rng = np.random.default_rng(4)
     code = EntangledPolynomialCode(2, 1, 2, 8)
     A, B = random_operands(code, rng)
@@ -114,6 +114,25 @@ def test_circle_product_is_the_complex_product(monkeypatch, chunk):
     # storage per worker equals the real code's: N/r x M/p reals
     real = EntangledPolynomialCode(2, 1, 2, 8, "real")
     assert a.size == real.encode_a(A)[5].size
+    ra, rb = real.encode_a(A)[5], real.encode_b(B)[5]
+    np.testing.assert_allclose(real.compute(ra, rb), ra.T @ rb, rtol=1e-12, atol=1e-12)
+
+
+def test_an_interrupted_product_returns_none_between_chunks(monkeypatch):
+    monkeypatch.setattr(codes_module, "_chunk_columns", lambda n_columns, per_column: 2)
+    rng = np.random.default_rng(6)
+    for points in (None, "real"):
+        code = EntangledPolynomialCode(2, 1, 2, 8, points)
+        A, B = random_operands(code, rng, cols=7)  # 7 output columns: 4 chunks of 2
+        a, b = code.encode_a(A)[3], code.encode_b(B)[3]
+        looks = []
+
+        def interrupt():
+            looks.append(1)
+            return len(looks) > 2  # stop before the third chunk
+
+        assert code.compute(a, b, interrupt) is None
+        assert len(looks) == 3
 
 
 class TestBadInput:

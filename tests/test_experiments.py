@@ -86,7 +86,7 @@ def test_bench_quick(experiment_client, tmp_path: Path):
     assert runs == {
         (model, method)
         for model in BENCH_QUICK.straggler_models
-        for method in ("coded", "uncoded", "replication")
+        for method in ("coded", "coded-paper", "uncoded", "replication")
     }
     for run in result["runs"]:
         assert run["time_per_iteration"] > 0
@@ -96,6 +96,9 @@ def test_bench_quick(experiment_client, tmp_path: Path):
         assert abs(run["final_gap"]) < 1e-6
     gaps = {r["method"]: r["gaps"] for r in result["runs"] if r["straggler_model"] == "none"}
     np.testing.assert_allclose(gaps["coded"], gaps["uncoded"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gaps["coded-paper"], gaps["coded"], rtol=1e-6, atol=1e-8)
+    for run in result["runs"]:
+        assert run["cpu_seconds_per_iteration"] > 0
     svd = result["svd_compressed"]
     assert svd["reached_target"]
     assert all(r["seconds"] > 0 and math.isfinite(r["gap"]) for r in svd["runs"])

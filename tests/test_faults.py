@@ -9,30 +9,16 @@ other factors, never hanging.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import N_WORKERS, ROOT
+from conftest import N_WORKERS, load_campaign
 from distributed import Client
 
-from dask_coded_als import engine, theory
-
-
-def load_campaign():
-    """pipelines/fault_campaign.py is a script: import it from its path."""
-    name = "dask_coded_als_pipelines_fault_campaign"
-    if name not in sys.modules:
-        path = ROOT / "pipelines" / "fault_campaign.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from dask_coded_als import theory
+from dask_coded_als.engine import master
 
 campaign = load_campaign()
 #: Seconds any one fit may take before the harness calls it a hang.
@@ -59,7 +45,7 @@ def fault_client(cluster_client) -> Iterator[Client]:
         ):
             for logger in loggers:  # deaths are the point here, not news
                 logger.setLevel(logging.CRITICAL)
-            patch.setattr(engine, "SCATTER_TIMEOUT", 1.0)
+            patch.setattr(master, "SCATTER_TIMEOUT", 1.0)
             yield client
     finally:
         for logger, level in zip(loggers, levels, strict=True):

@@ -1,0 +1,339 @@
+"""The estimator: :class:`CodedALS` holds parameters, checks them, and hands a fit to a master."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from distributed import Client
+
+from dask_coded_als import theory
+from dask_coded_als._validation import check_int
+from dask_coded_als.cluster import local_cluster
+from dask_coded_als.engine.master import Master, Settings
+from dask_coded_als.errors import InputError
+from dask_coded_als.points import POINT_FAMILIES
+from dask_coded_als.stragglers import STRAGGLER_MODELS
+
+__all__ = ["CodedALS", "MODES", "PROTOCOLS"]
+
+MODES = ("coded", "uncoded", "replication")
+PROTOCOLS = ("fast", "paper")
+
+
+class CodedALS:
+    """Coded alternating least squares on a Dask cluster, tolerant of stragglers and faults.
+
+    Factorizes R (m x n) into U (m x d) and V (n x d) minimizing ``||R - U V^T||_F^2`` (plus an
+    optional ridge term) with the one-factor ALS update of the paper, eq. (12), where the data
+    matrix D = R^T R (or R R^T) is stored on the workers in coded form.
+
+    Parameters
+    ----------
+    n_factors : int
+        d, the latent dimension.
+    n_workers : int, default 8
+        W, workers used (the cluster must have at least this many).
+    h : int or None
+        Block rows/columns of D; None picks the largest h that tolerates ``n_stragglers``
+        (:func:`dask_coded_als.theory.best_h`).
+    n_stragglers : int, default 0
+        s, how many slow or dead workers every stage must tolerate; also how many workers the
+        straggler model slows down or kills.
+    mode : {"coded", "uncoded", "replication"}
+        ``coded``: the paper's scheme. ``uncoded``: D split by rows over all W workers, every
+        iteration waits for every worker. ``replication``: D split by rows into
+        ``W // (s + 1)`` blocks, each on ``s + 1`` or more workers; the first copy wins.
+    protocol : {"fast", "paper"}
+        How a coded iteration is spread (see :mod:`dask_coded_als.engine.schemes`). ``fast``
+        (default): one exchange per iteration, the workers compute ``D~ f_R(B)`` and the master
+        decodes E = D B and forms B^T B, B^T E and E G itself. ``paper``: the paper's Sec. III-C
+        as written, three coded exchanges per iteration. Both give the same iterates; the
+        baselines always work like ``fast``.
+    straggler_model : {"none", "fixed", "random", "shifted-exponential", "kill"}
+        See :class:`dask_coded_als.stragglers.StragglerModel`.
+    straggler_delay : float
+        Seconds of delay (or mean slowdown for ``shifted-exponential``).
+    points : {"circle", "real"} or None
+        Evaluation points of the code (default: the unit circle, stable).
+    max_iter : int, default 50
+        Maximum number of updates of the factor.
+    tol : float, default 1e-9
+        Stop when the relative change of the objective falls below it.
+    regularization : float, default 0.0
+        Ridge weight on ``||U||^2 + ||V||^2``.
+    seed : int or None
+        Seeds the initial factor and the straggler model.
+    stage_timeout : float, default 120.0
+        Seconds an exchange may wait for the answers it needs before the fit stops with an
+        error (an exchange that holds enough answers decodes with them instead).
+    recovery_timeout : float, default 30.0
+        Seconds to wait for replacement workers when fewer than the threshold are alive.
+
+    Attributes
+    ----------
+    user_factors_, item_factors_ : ndarray
+        U (m x d) and V (n x d).
+    history_ : list of dict
+        One entry per round: ``iteration``, ``time``, ``objective`` (of the factor entering the
+        round), ``master_seconds`` (encoding, decoding and d x d algebra at the master),
+        ``bytes_sent``, ``bytes_received``, ``cpu_seconds`` (all the workers' tasks of the
+        round) and ``stages``: per exchange (``E``; with ``protocol="paper"`` also ``S`` and
+        ``B`` or ``H``) its ``seconds``, the ``used`` workers, the ``late`` ones, those of them
+        ``stopped`` early, the ``failed`` ones, the used workers' median ``compute`` seconds,
+        ``cpu_seconds`` and ``late_cpu_seconds``. The late tasks' CPU seconds and the
+        ``stopped`` lists are filled in when the fit ends.
+    h_ : int
+        The h used (coded mode).
+    n_iter_ : int
+        Updates performed.
+    converged_ : bool
+        Whether the tolerance was reached.
+    timings_ : dict
+        Seconds per phase of the fit: ``gram``, ``scatter_data``, ``iterations``, ``post``,
+        ``total`` (and ``recovery`` when shards were placed again).
+    kills_ : list of dict
+        Worker processes the ``kill`` model killed (only those seen gone).
+    recoveries_ : int
+        Shards placed again on other worker processes.
+    workers_ : dict
+        The worker address of every worker index (kept up to date during the fit).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_coded_als import CodedALS
+    >>> R = np.random.default_rng(0).standard_normal((60, 40))
+    >>> model = CodedALS(n_factors=4, n_workers=7, n_stragglers=1).fit(R)  # doctest: +SKIP
+    >>> model.user_factors_.shape, model.item_factors_.shape  # doctest: +SKIP
+    ((60, 4), (40, 4))
+    """
+
+    def __init__(
+        self,
+        n_factors: int,
+        n_workers: int = 8,
+        h: int | None = None,
+        n_stragglers: int = 0,
+        mode: str = "coded",
+        protocol: str = "fast",
+        straggler_model: str = "none",
+        straggler_delay: float = 0.0,
+        points: str | None = None,
+        max_iter: int = 50,
+        tol: float = 1e-9,
+        regularization: float = 0.0,
+        seed: int | None = None,
+        stage_timeout: float = 120.0,
+        recovery_timeout: float = 30.0,
+    ):
+        self.n_factors = n_factors
+        self.n_workers = n_workers
+        self.h = h
+        self.n_stragglers = n_stragglers
+        self.mode = mode
+        self.protocol = protocol
+        self.straggler_model = straggler_model
+        self.straggler_delay = straggler_delay
+        self.points = points
+        self.max_iter = max_iter
+        self.tol = tol
+        self.regularization = regularization
+        self.seed = seed
+        self.stage_timeout = stage_timeout
+        self.recovery_timeout = recovery_timeout
+
+    # -- validation -------------------------------------------------------------------------
+    def _settings(self, shape: tuple[int, int]) -> Settings:
+        """The parameters checked against the data's shape; resolves h."""
+        m, n = shape
+        check_int(self.n_factors, "n_factors", 1)
+        if self.n_factors > min(m, n):
+            raise InputError(
+                f"n_factors={self.n_factors} exceeds min(m, n) = {min(m, n)} of the {m} x {n} data"
+            )
+        check_int(self.n_workers, "n_workers", 1)
+        check_int(self.n_stragglers, "n_stragglers", 0)
+        if self.n_stragglers >= self.n_workers:
+            raise InputError(
+                f"n_stragglers={self.n_stragglers} must be smaller than n_workers={self.n_workers}"
+            )
+        check_int(self.max_iter, "max_iter", 0)
+        for name, choices in (
+            ("mode", MODES),
+            ("protocol", PROTOCOLS),
+            ("straggler_model", STRAGGLER_MODELS),
+        ):
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.points is not None and self.points not in POINT_FAMILIES:
+            raise InputError(f"points must be one of {POINT_FAMILIES} or None, got {self.points!r}")
+        for name in (
+            "tol",
+            "regularization",
+            "straggler_delay",
+            "stage_timeout",
+            "recovery_timeout",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+            if not np.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+            if value < 0:
+                raise InputError(f"{name} must be >= 0, got {value}")
+        h = None
+        if self.mode == "coded":
+            h = self._h()
+        return Settings(
+            n_factors=int(self.n_factors),
+            n_workers=int(self.n_workers),
+            h=h,
+            n_stragglers=int(self.n_stragglers),
+            mode=self.mode,
+            protocol=self.protocol,
+            straggler_model=self.straggler_model,
+            straggler_delay=float(self.straggler_delay),
+            points=self.points,
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            regularization=float(self.regularization),
+            seed=self.seed,
+            stage_timeout=float(self.stage_timeout),
+            recovery_timeout=float(self.recovery_timeout),
+        )
+
+    def _h(self) -> int:
+        try:
+            largest = theory.best_h(self.n_workers, self.n_stragglers)
+        except ValueError as exc:
+            if self.h is None:
+                raise InputError(str(exc)) from None
+            largest = None
+        if self.h is None:
+            return largest
+        check_int(self.h, "h", 1)
+        needed = theory.recovery_threshold(self.h) + self.n_stragglers
+        if needed > self.n_workers:
+            raise InputError(
+                f"h={self.h} needs {theory.recovery_threshold(self.h)} answering workers; "
+                f"with n_stragglers={self.n_stragglers} that is {needed} > "
+                f"n_workers={self.n_workers} (largest h possible: {largest})"
+            )
+        return int(self.h)
+
+    # -- public API ---------------------------------------------------------------------------
+    def fit(
+        self,
+        R: Any,
+        client: Client | None = None,
+        gram: Any = None,
+        callback: Callable[[dict], None] | None = None,
+        checkpoint: Callable[[dict], None] | None = None,
+        resume: dict | None = None,
+    ) -> CodedALS:
+        """Factorize R.
+
+        Parameters
+        ----------
+        R : ndarray, scipy.sparse matrix or dask array, shape (m, n)
+            Ratings; missing entries are 0.
+        client : distributed.Client or None
+            The cluster to run on. None starts a LocalCluster of ``n_workers`` processes on
+            127.0.0.1 and closes it afterwards.
+        gram : ndarray, array-like or None
+            D = R^T R (m >= n) or R R^T (m < n), if already computed; otherwise it is computed
+            on the cluster. An array that reads from disk on slicing (e.g. a ``zarr.Array``) is
+            read block by block while the shards are placed, and again only to rebuild a lost
+            worker's shard.
+        callback : callable or None
+            Called with each round's history entry as soon as the round ends.
+        checkpoint : callable or None
+            Called after every update with the fit's state ``{"B", "iteration", "history"}``
+            (B without padding); persisting it is the caller's business. An error it raises
+            ends the fit.
+        resume : dict or None
+            A state given to ``checkpoint`` by an earlier fit with the same parameters and
+            data: the fit continues from it and ends with the same factors as one run without
+            interruption.
+
+        Returns
+        -------
+        self
+        """
+        R = _check_data(R)
+        m, n = R.shape
+        settings = self._settings((m, n))
+        self.h_ = settings.h
+        self.transposed_ = m < n
+        size = min(m, n)
+        if gram is not None:
+            if not hasattr(gram, "shape") or not hasattr(gram, "__getitem__"):
+                gram = np.asarray(gram, dtype=np.float64)
+            if tuple(gram.shape) != (size, size):
+                raise InputError(f"gram has shape {gram.shape}, expected {(size, size)}")
+        resume = self._check_resume(resume, size)
+        self.workers_: dict[int, str] = {}
+        with _cluster(client, self.n_workers) as active:
+            master = Master(active, settings, callback, checkpoint, self.workers_)
+            result = master.run(R, gram, resume)
+        self.user_factors_ = result.user_factors
+        self.item_factors_ = result.item_factors
+        self.history_ = result.history
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.timings_ = result.timings
+        self.kills_ = result.kills
+        self.recoveries_ = result.recoveries
+        return self
+
+    def _check_resume(self, resume: dict | None, size: int) -> dict | None:
+        if resume is None:
+            return None
+        try:
+            B = np.asarray(resume["B"], dtype=np.float64)
+            iteration = int(resume["iteration"])
+            history = list(resume["history"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the state to resume from is incomplete ({exc})") from None
+        if B.shape != (size, self.n_factors) or not np.all(np.isfinite(B)):
+            raise InputError(
+                f"the state to resume from has a factor of shape {B.shape}, expected "
+                f"{(size, self.n_factors)} and finite"
+            )
+        if not 0 <= iteration <= self.max_iter or len(history) != iteration:
+            raise InputError(
+                f"the state to resume from is at iteration {iteration} with {len(history)} "
+                f"history entries; max_iter is {self.max_iter}"
+            )
+        return {"B": B, "iteration": iteration, "history": history}
+
+
+def _check_data(R: Any) -> Any:
+    if sp.issparse(R):
+        R = sp.csr_matrix(R, dtype=np.float64)
+        values = R.data
+    elif hasattr(R, "dask"):
+        return R
+    else:
+        R = np.asarray(R, dtype=np.float64)
+        values = R
+    if R.ndim != 2:
+        raise InputError(f"R must be a 2-D matrix, got {R.ndim} dimensions")
+    if 0 in R.shape:
+        raise InputError(f"R must not be empty, got shape {R.shape}")
+    if not np.all(np.isfinite(values)):
+        raise InputError("R contains NaN or infinite values")
+    return R
+
+
+@contextlib.contextmanager
+def _cluster(client: Client | None, n_workers: int) -> Iterator[Client]:
+    if client is not None:
+        yield client
+        return
+    with local_cluster(n_workers) as cluster, Client(cluster, timeout="60s") as own:
+        yield own

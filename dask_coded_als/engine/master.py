@@ -1,0 +1,594 @@
+"""The master of one fit: shards on the workers, rounds of exchanges, recovery from lost workers.
+
+A :class:`Master` is made for one fit and dropped at its end. It owns everything that lives only
+as long as the fit: which worker holds which shard, the fault injector, the bytes moved, the
+phase timings, the history. Every mode and protocol (:mod:`dask_coded_als.engine.schemes`) runs
+through the same round loop (:meth:`Master.run`) and the same collection path
+(:meth:`Master.exchange`):
+
+* every worker's operands are sent to it directly and concurrently, and its task is submitted as
+  soon as they have arrived, so a slow or dead worker never holds up the others;
+* answers come straight from the workers (``gather(direct=True)``) as they finish, and the
+  exchange ends as soon as its rule is satisfied;
+* the tasks no longer needed are told to stop (a worker-local flag, see
+  :mod:`dask_coded_als.engine.tasks`) and cancelled, without waiting for either.
+
+A round is re-run only when workers were lost before its update was applied; the lost shards are
+first placed again on workers that joined (restarted processes or spares), waiting at most
+``recovery_timeout``. The cluster is asked for its worker list only when something failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from distributed import Client, Future
+from distributed.comm.core import CommClosedError
+from distributed.scheduler import KilledWorker
+
+from dask_coded_als import als
+from dask_coded_als.engine import tasks
+from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
+from dask_coded_als.engine.faults import FaultInjector
+from dask_coded_als.engine.records import StageRecord, Timings
+from dask_coded_als.errors import ClusterError
+from dask_coded_als.stragglers import StragglerModel
+
+__all__ = ["Master", "Settings", "FitResult"]
+
+logger = logging.getLogger(__name__)
+
+#: What a worker dying under a scatter, a task or a gather looks like from the master.
+WORKER_LOST = (CancelledError, KilledWorker, CommClosedError, OSError)
+#: Seconds a scatter to one worker may take before that worker counts as unreachable.
+SCATTER_TIMEOUT = 10.0
+#: Seconds the end of a fit waits for messages still on their way, and for the workers' ledgers.
+CLOSING_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated parameters of a fit (see :class:`dask_coded_als.CodedALS`)."""
+
+    n_factors: int
+    n_workers: int
+    h: int | None
+    n_stragglers: int
+    mode: str
+    protocol: str
+    straggler_model: str
+    straggler_delay: float
+    points: str | None
+    max_iter: int
+    tol: float
+    regularization: float
+    seed: int | None
+    stage_timeout: float
+    recovery_timeout: float
+
+
+@dataclass
+class FitResult:
+    """What a fit hands back to the estimator."""
+
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    history: list[dict]
+    n_iter: int
+    converged: bool
+    timings: dict[str, float]
+    kills: list[dict]
+    recoveries: int
+    workers: dict[int, str]
+
+
+class LostWorkers(Exception):
+    """A round lost more workers than it can spare; it is re-run after recovery."""
+
+
+class Master:
+    """Runs one fit on ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    settings : Settings
+    callback : callable or None
+        Called with each round's history entry as soon as the round ends.
+    checkpoint : callable or None
+        Called after every update with ``{"B", "iteration", "history"}``.
+    workers : dict or None
+        Updated in place with the address of every worker index (it changes on recovery).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        callback: Callable[[dict], None] | None = None,
+        checkpoint: Callable[[dict], None] | None = None,
+        workers: dict[int, str] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self._callback = callback
+        self._checkpoint = checkpoint
+        self.token = uuid.uuid4().hex[:8]
+        self.timings = Timings()
+        self.address: dict[int, str] = {} if workers is None else workers
+        self.shards: dict[int, Future | None] = {}
+        self._dead: set[str] = set()
+        self._suspects: set[int] = set()
+        self.recoveries = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._master_seconds = 0.0
+        self._exchanges = 0
+        #: exchange number -> (history entry or None, stage name, record) for the ledger
+        self._records: dict[int, tuple[StageRecord, str]] = {}
+        self._round_records: list[tuple[int, str, StageRecord]] = []
+        self._background: set[asyncio.Future] = set()
+        #: every task submitted, so that those still pending at the end can be cancelled
+        self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
+        self.history: list[dict] = []
+        self.faults: FaultInjector | None = None
+
+    # -- the fit ------------------------------------------------------------------------------
+    def run(self, R: Any, gram: Any, resume: dict | None) -> FitResult:
+        """Fit R (validated by the estimator); ``gram`` is D or None."""
+        from dask_coded_als.engine.schemes import make_scheme
+
+        s = self.settings
+        transposed = R.shape[0] < R.shape[1]  # D = R R^T and B = U
+        with self.timings.phase("total"):
+            self._join()
+            self.faults = FaultInjector(
+                StragglerModel(
+                    s.straggler_model,
+                    s.n_workers,
+                    s.n_stragglers,
+                    s.straggler_delay,
+                    n_rounds=s.max_iter + 1,
+                    seed=s.seed,
+                ),
+                self.client,
+                lambda w: self.address[w],
+            )
+            try:
+                with self.timings.phase("gram"):
+                    D = gram
+                    if D is None:
+                        D = compute_gram(self.client, R, s.n_workers, s.stage_timeout)
+                scheme = make_scheme(self, D)
+                del D
+                size = scheme.size
+                B = als.initial_factor(size, s.n_factors, s.seed) if resume is None else resume["B"]
+                self.history = [] if resume is None else list(resume["history"])
+                start = 0 if resume is None else resume["iteration"]
+                with self.timings.phase("scatter_data"):
+                    self._place(list(range(s.n_workers)), scheme.shard)
+                with self.timings.phase("iterations"):
+                    B, H, n_iter, converged = self._rounds(scheme, B, start)
+                with self.timings.phase("post"):
+                    other = self._other_factor(R, H, transposed)
+            finally:
+                self._close()
+        U, V = (B, other) if transposed else (other, B)
+        return FitResult(
+            user_factors=U,
+            item_factors=V,
+            history=self.history,
+            n_iter=n_iter,
+            converged=converged,
+            timings=dict(self.timings),
+            kills=list(self.faults.kills),
+            recoveries=self.recoveries,
+            workers=dict(self.address),
+        )
+
+    def _rounds(self, scheme: Any, B: np.ndarray, start: int) -> tuple:
+        """Rounds until convergence or ``max_iter`` updates; returns (B, H, n_iter, converged)."""
+        s = self.settings
+        lam = float(s.regularization)
+        B = scheme.pad(B)
+        t = start
+        attempts = 0
+        while True:
+            live = self._recover(scheme)
+            self.faults.start_round(t)
+            begin = time.perf_counter()
+            sent, received = self.bytes_sent, self.bytes_received
+            self._master_seconds = 0.0
+            self._round_records = []
+            try:
+                F, S, state = scheme.gram_quantities(t, B, live)
+                with self.master_time():
+                    objective = als.objective_from_gram(scheme.trace, F, S, lam)
+                    converged = self._converged(objective, scheme.trace, F)
+                stop = converged or t >= s.max_iter
+                if stop:
+                    H = scheme.post(t, state, B, F)
+                else:
+                    with self.master_time():
+                        G = als.update_matrix(F, S, lam)
+                    B_next = scheme.update(t, state, G)
+                    if not np.all(np.isfinite(B_next)):
+                        raise als.NonFiniteFactorsError(
+                            f"factors became NaN/inf at iteration {t + 1}"
+                        )
+            except LostWorkers as exc:
+                attempts += 1
+                if attempts > s.n_workers:
+                    raise ClusterError(f"workers keep failing: {exc}") from None
+                logger.warning("round %d re-run: %s", t, exc)
+                continue
+            attempts = 0
+            entry = {
+                "iteration": t,
+                "time": time.perf_counter() - begin,
+                "objective": objective,
+                "master_seconds": self._master_seconds,
+                "bytes_sent": self.bytes_sent - sent,
+                "bytes_received": self.bytes_received - received,
+                "cpu_seconds": sum(r.cpu_seconds for _, _, r in self._round_records),
+                "stages": {name: r.to_dict() for _, name, r in self._round_records},
+            }
+            for number, name, record in self._round_records:
+                self._records[number] = (entry, name, record)
+            self.history.append(entry)
+            if self._callback is not None:
+                self._callback(entry)
+            if stop:
+                return scheme.unpad(B), H, t, converged
+            B = B_next
+            t += 1
+            if self._checkpoint is not None:
+                self._checkpoint({"B": scheme.unpad(B), "iteration": t, "history": self.history})
+
+    def _converged(self, objective: float, trace_D: float, F: np.ndarray) -> bool:
+        if not self.history:
+            return False
+        noise = als.objective_noise(trace_D, F, self.settings.regularization)
+        change = als.relative_objective_change(self.history[-1]["objective"], objective, noise)
+        return change < self.settings.tol
+
+    @contextlib.contextmanager
+    def master_time(self) -> Iterator[None]:
+        """Counts the enclosed work as the master's (encoding, decoding, d x d algebra)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._master_seconds += time.perf_counter() - start
+
+    def _other_factor(self, R: Any, H: np.ndarray, transposed: bool) -> np.ndarray:
+        """U = R H (m >= n) or V = R^T H (m < n), eqs. (29)-(31) corrected."""
+        product = (R.T if transposed else R) @ H
+        if hasattr(product, "dask"):
+            product = self.client.compute(product).result(timeout=self.settings.stage_timeout)
+        return np.asarray(product)
+
+    # -- workers and shards --------------------------------------------------------------------
+    def _alive(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def _join(self) -> None:
+        """Take the first ``n_workers`` workers of the cluster, waiting (bounded) for them."""
+        n = self.settings.n_workers
+        try:
+            self.client.wait_for_workers(n, timeout=self.settings.recovery_timeout)
+        except TimeoutError:
+            raise ClusterError(
+                f"the cluster has {len(self._alive())} workers, the fit needs n_workers={n}"
+            ) from None
+        self.address.update(enumerate(sorted(self._alive())[:n]))
+
+    def _place(self, workers: list[int], make_shard: Callable[[int], np.ndarray]) -> None:
+        for w in workers:
+            shard = make_shard(w)
+            self.bytes_sent += shard.nbytes
+            self.shards[w] = self.client.scatter(
+                shard,
+                workers=[self.address[w]],
+                direct=True,
+                hash=False,
+                timeout=min(self.settings.stage_timeout, SCATTER_TIMEOUT),
+            )
+
+    def _live(self) -> list[int]:
+        """Workers whose shard is in place, as far as this client knows (no message)."""
+        return [w for w, f in self.shards.items() if f is not None and f.status == "finished"]
+
+    def _recover(self, scheme: Any) -> list[int]:
+        """The live workers, after giving the shards of lost workers to workers that joined;
+        waits (bounded by ``recovery_timeout``) until at least ``scheme.need`` are live."""
+        live = self._live()
+        if len(live) == len(self.shards) and not self._suspects:
+            return live  # the common case: no message to the scheduler
+        deadline = time.monotonic() + self.settings.recovery_timeout
+        while True:
+            alive = self._alive()
+            self._suspects = set()
+            live = [w for w in self._live() if self.address[w] in alive]
+            dead = [w for w in self.shards if w not in live]
+            # An address that lost its shard is dead even while the scheduler still lists it.
+            self._dead.update(self.address[w] for w in dead)
+            if dead:
+                in_use = {self.address[w] for w in live}
+                free = sorted(alive - in_use - self._dead)
+                for w, address in zip(dead, free, strict=False):
+                    logger.warning("worker %d: shard placed again on %s", w, address)
+                    self.address[w] = address
+                    self.recoveries += 1
+                    try:
+                        with self.timings.phase("recovery"):
+                            self._place([w], scheme.shard)
+                    except (*WORKER_LOST, ValueError, KeyError):
+                        # The replacement died too (the scheduler may answer KeyError for an
+                        # address it has just removed); the next pass looks again.
+                        self.shards[w] = None
+                live = [w for w in self._live() if self.address[w] in alive]
+            if len(live) >= scheme.need:
+                return live
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"only {len(live)} workers hold their shard, {scheme.need} are needed, and "
+                    f"no replacement joined within "
+                    f"recovery_timeout={self.settings.recovery_timeout:g} s"
+                )
+            time.sleep(0.25)
+
+    # -- one exchange ---------------------------------------------------------------------------
+    def exchange(self, t: int, spec: Exchange) -> Answers:
+        """Run one exchange of round ``t``; raises :class:`LostWorkers` when too few answered."""
+        self._exchanges += 1
+        number = self._exchanges
+        delays = self.faults.delays(t, spec.stage)
+        start = time.perf_counter()
+        outcome = self.client.sync(self._exchange, t, spec, number, delays)
+        reports, failed, late, operands, timed_out = outcome
+        seconds = time.perf_counter() - start
+        answered = list(reports)
+        if not spec.rule.sufficient(answered):
+            if timed_out:
+                raise ClusterError(
+                    f"exchange {spec.name} of round {t} received {len(answered)} answers within "
+                    f"stage_timeout={self.settings.stage_timeout:g} s, not enough to decode"
+                )
+            raise LostWorkers(
+                f"exchange {spec.name}: {len(failed)} of {len(spec.workers)} workers failed, "
+                f"{len(answered)} answered"
+            )
+        used = spec.rule.used(answered)
+        values = {}
+        for w in used:
+            values[w] = reports[w].value
+            self.bytes_received += _nbytes(reports[w].value)
+        record = StageRecord(
+            seconds=seconds,
+            used=used,
+            late=sorted(late + [w for w in answered if w not in used]),
+            failed=sorted(failed),
+            compute=float(np.median([reports[w].compute_seconds for w in used])),
+            cpu_seconds=float(sum(r.cpu_seconds for r in reports.values())),
+        )
+        record.late_cpu_seconds = float(
+            sum(r.cpu_seconds for w, r in reports.items() if w not in used)
+        )
+        self._round_records.append((number, spec.name, record))
+        return Answers(values, record, operands)
+
+    async def _exchange(self, t: int, spec: Exchange, number: int, delays: list) -> tuple:
+        """The exchange on the client's event loop: a pipeline per worker (send its operands,
+        submit its task, fetch its answer) and a collector that stops at the rule."""
+        client = self.client
+        stop_key = f"{self.token}-{number}"
+        timeout = min(self.settings.stage_timeout, SCATTER_TIMEOUT)
+        over = False
+        submitted: dict[int, Future] = {}
+        operands: dict[int, list[Future]] = {}
+
+        async def pipeline(w: int) -> tuple[int, Any, BaseException | None]:
+            address = self.address[w]
+            try:
+                args = []
+                for item in spec.args(w):
+                    if isinstance(item, Scatter):
+                        future = await client.scatter(
+                            item.data, workers=[address], direct=True, hash=False, timeout=timeout
+                        )
+                        self.bytes_sent += item.data.nbytes
+                        operands.setdefault(w, []).append(future)
+                        args.append(future)
+                    else:
+                        self.bytes_sent += _nbytes(item)
+                        args.append(item)
+                if over:
+                    return w, None, None
+                future = client.submit(
+                    tasks.run_task,
+                    self.token,
+                    number,
+                    w,
+                    stop_key,
+                    delays[w],
+                    spec.function,
+                    *args,
+                    key=f"{spec.name}-iter{t}-w{w}-{stop_key}",
+                    workers=[address],
+                    allow_other_workers=False,
+                    pure=False,
+                )
+                submitted[w] = future
+                await _finished(future)
+                if over:
+                    return w, None, None  # not needed: the answer stays where it is
+                return w, await client.gather(future, direct=True), None
+            except Exception as exc:  # a lost worker shows as many kinds of error
+                return w, None, exc
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.stage_timeout
+        pending = {asyncio.ensure_future(pipeline(w)) for w in spec.workers}
+        for task in pending:  # the end of the fit waits (bounded) for the stragglers among them
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        reports: dict[int, tasks.TaskReport] = {}  # in order of arrival
+        failed: list[int] = []
+        timed_out = False
+        while pending and not spec.rule.satisfied(list(reports)):
+            if not spec.rule.possible([w for w in spec.workers if w not in failed]):
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                timed_out = True
+                break
+            finished, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                w, report, error = task.result()
+                if error is not None or report is None or report.stopped:
+                    logger.info("worker %d failed in exchange %s: %r", w, spec.name, error)
+                    failed.append(w)
+                    self._suspects.add(w)
+                else:
+                    reports[w] = report
+        over = True
+        late = [w for w in spec.workers if w not in reports and w not in failed]
+        self._stop([w for w in late if w in submitted], stop_key)
+        self._pending.update(submitted.values())
+        return reports, failed, late, operands, timed_out
+
+    def _stop(self, workers: list[int], stop_key: str) -> None:
+        """Tell the late tasks to stop, without waiting.
+
+        They are not cancelled: a stopped task ends within one chunk and its pipeline then lets
+        go of it, while cancelling a task whose answer is being fetched makes the scheduler
+        log an error.
+        """
+        addresses = [self.address[w] for w in workers if self._holds(w)]
+        if not addresses:
+            return
+        client = self.client
+
+        async def tell() -> None:
+            with contextlib.suppress(Exception):
+                await client.run(tasks.stop, stop_key, workers=addresses, on_error="ignore")
+
+        task = asyncio.ensure_future(tell())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _holds(self, w: int) -> bool:
+        shard = self.shards.get(w)
+        return shard is not None and shard.status == "finished"
+
+    # -- the end of a fit -------------------------------------------------------------------------
+    def _close(self) -> None:
+        """Cancel pending kills, give the last messages a moment, and add the late tasks' CPU
+        seconds from the workers' ledgers to the history.
+
+        Nothing here waits long for a worker: a message to a worker that has just died waits
+        for distributed's connect timeout, so every wait is bounded by CLOSING_TIMEOUT.
+        """
+        if self.faults is not None:
+            self.faults.finish()
+        with contextlib.suppress(Exception):
+            ledgers = self.client.sync(self._closing)
+            for entries in ledgers.values():
+                for number, w, cpu, stopped in entries:
+                    self._account(number, w, cpu, stopped)
+
+    async def _closing(self) -> dict:
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=CLOSING_TIMEOUT)
+        hung = [f for f in self._pending if f.status == "pending"]
+        if hung:  # tasks of workers that never answered (none of them is being fetched)
+            await self.client.cancel(hung, force=True)
+        holders = [a for w, a in self.address.items() if self._holds(w)]
+        ledgers = asyncio.ensure_future(
+            self.client.run(tasks.take_ledger, self.token, workers=holders, on_error="ignore")
+        )
+        done, _ = await asyncio.wait({ledgers}, timeout=CLOSING_TIMEOUT)
+        return ledgers.result() if done else {}
+
+    def _account(self, number: int, w: int, cpu: float, stopped: bool) -> None:
+        found = self._records.get(number)
+        if found is None:
+            return  # an exchange of a round that was run again
+        entry, name, record = found
+        if w in record.used:
+            return  # counted when its answer arrived
+        record.cpu_seconds += cpu
+        record.late_cpu_seconds += cpu
+        entry["cpu_seconds"] += cpu
+        if stopped:
+            record.stopped = sorted({*record.stopped, w})
+        entry["stages"][name] = record.to_dict()
+
+
+async def _finished(future: Future) -> None:
+    """Wait until ``future`` is finished, erred or cancelled, without fetching its value."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(done.set))
+    await done.wait()
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+def _block_gram(block: Any) -> np.ndarray:
+    product = block.T @ block
+    return product.toarray() if sp.issparse(product) else np.asarray(product)
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+def compute_gram(client: Client, R: Any, n_workers: int, timeout: float) -> np.ndarray:
+    """D = R^T R (or R R^T when R is wide) on the cluster: one product per row block of R (of
+    R^T), summed as a tree."""
+    m, n = R.shape
+    transposed = m < n
+    if hasattr(R, "dask"):
+        import dask.array as da
+
+        product = da.dot(R, R.T) if transposed else da.dot(R.T, R)
+        result = client.compute(product).result(timeout=timeout)
+        return np.asarray(result.toarray() if sp.issparse(result) else result, np.float64)
+    # Split along the dimension that is summed over: rows for R^T R, columns for R R^T.
+    data = R.T.tocsr() if (transposed and sp.issparse(R)) else (R.T if transposed else R)
+    n_blocks = max(1, min(4 * n_workers, data.shape[0]))
+    edges = np.linspace(0, data.shape[0], n_blocks + 1).astype(int)
+    blocks = [data[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    try:
+        futures = client.scatter(blocks, hash=False, timeout=timeout)
+        parts = client.map(_block_gram, futures, pure=False)
+        while len(parts) > 1:
+            pairs = [
+                client.submit(_add, a, b, pure=False)
+                for a, b in zip(parts[::2], parts[1::2], strict=False)
+            ]
+            parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+        return np.asarray(parts[0].result(timeout=timeout), dtype=np.float64)
+    except TimeoutError:
+        raise ClusterError(f"D was not computed within stage_timeout={timeout:g} s") from None
+    except WORKER_LOST as exc:
+        raise ClusterError(f"a worker was lost while D was computed: {exc}") from None

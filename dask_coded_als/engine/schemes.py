@@ -1,0 +1,250 @@
+"""How each mode and protocol spreads one ALS iteration over the workers.
+
+A scheme says what each worker stores (:meth:`shard`), which exchanges a round makes and what
+the master computes between them; :class:`dask_coded_als.engine.master.Master` runs them all
+with one round loop. A round is ``gram_quantities`` (F = B^T B and S = B^T D B, from which the
+objective and the update matrix G follow), then ``update`` (B+ = E G) or, in the last round,
+``post`` (H = B (F + lam I)^-1 for the other factor).
+
+``CodedFast`` (``mode="coded", protocol="fast"``)
+    One exchange per iteration: worker w returns ``D~(x_w) f_R(B, x_w)``; the master decodes
+    E = D B from the first K = h^2 + h - 1 answers and forms F, S and E G itself. Those are
+    O(l d^2) next to the workers' O(l^2 d / h^2) each (the paper's Appendix A), far below the
+    cost of another exchange.
+``CodedPaper`` (``protocol="paper"``)
+    The paper's Sec. III-C as written: step 1 returns ``D~ f_R(B)`` and ``f_L(B)^T f_R(B)``
+    together, step 2 ``f_L(B)^T f_R(E)``, step 3 ``f_R(E) G``; the post-computation
+    ``H = B (F + lam I)^-1`` is coded too.
+``RowBlocks`` (``mode="uncoded"`` and ``"replication"``)
+    D split by rows; ``uncoded`` waits for every block, ``replication`` keeps ``s + 1`` copies
+    of each block and takes the first. The master forms F, S, G and E G as in the fast protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dask_coded_als.codes import ALSCode
+from dask_coded_als.engine import tasks
+from dask_coded_als.engine.exchange import Exchange, FirstCopies, Scatter, Threshold
+from dask_coded_als.errors import InputError
+
+__all__ = ["CodedFast", "CodedPaper", "RowBlocks", "make_scheme"]
+
+
+def _trace(D: Any, block: int = 2048) -> float:
+    """trace(D), reading only the diagonal blocks of a D stored on disk."""
+    if isinstance(D, np.ndarray):
+        return float(np.trace(D))
+    return float(
+        sum(
+            np.trace(np.asarray(D[a : a + block, a : a + block]))
+            for a in range(0, D.shape[0], block)
+        )
+    )
+
+
+def _finite(D: Any) -> Any:
+    """D itself when it is in memory and finite; a D stored on disk is checked block by block
+    when the shards are made."""
+    if isinstance(D, np.ndarray) and not np.all(np.isfinite(D)):
+        raise InputError("the Gram matrix of R is not finite; rescale R")
+    return D
+
+
+def _post_matrix(B: np.ndarray, F: np.ndarray, lam: float) -> np.ndarray:
+    """H = B (F + lam I)^-1, eq. (29) with the ridge."""
+    return np.linalg.solve(F + lam * np.eye(F.shape[0]), B.T).T
+
+
+class _Scheme:
+    """What every scheme shares: D, its size, the padding of the factor."""
+
+    def __init__(self, master: Any, D: Any, padded: int) -> None:
+        self.master = master
+        self.settings = master.settings
+        self.D = _finite(D)
+        self.size = int(D.shape[0])
+        self.padded = padded
+        self.trace = _trace(D)
+        self.lam = float(self.settings.regularization)
+
+    def pad(self, B: np.ndarray) -> np.ndarray:
+        # Zero padding is exact: the padded rows of every factor stay zero.
+        return np.pad(B, ((0, self.padded - self.size), (0, 0))) if self.padded > B.shape[0] else B
+
+    def unpad(self, B: np.ndarray) -> np.ndarray:
+        return B[: self.size]
+
+    def shard_future(self, w: int) -> Any:
+        return self.master.shards[w]
+
+    def update(self, t: int, state: dict, G: np.ndarray) -> np.ndarray:
+        with self.master.master_time():
+            return state["E"] @ G
+
+    def post(self, t: int, state: dict, B: np.ndarray, F: np.ndarray) -> np.ndarray:
+        with self.master.master_time():
+            return self.unpad(_post_matrix(B, F, self.lam))
+
+    def _master_side(self, B: np.ndarray, E: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        with self.master.master_time():
+            return B.T @ B, B.T @ E, {"E": E}
+
+
+class CodedFast(_Scheme):
+    """One coded exchange per iteration; F, S, G and E G at the master."""
+
+    def __init__(self, master: Any, D: Any) -> None:
+        s = master.settings
+        self.code = ALSCode(s.h, s.n_workers, s.points)
+        super().__init__(master, D, self.code.padded_size(int(D.shape[0])))
+        self.need = self.code.recovery_threshold
+
+    def shard(self, w: int) -> np.ndarray:
+        # A D stored on disk is never loaded whole: it is encoded block by block per shard.
+        return self.code.encode_data(self.D, [w])[0]
+
+    def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
+        code = self.code
+        with self.master.master_time():
+            right = dict(zip(live, code.gram_code.encode_b(B, live), strict=True))
+        answers = self.master.exchange(
+            t,
+            Exchange(
+                "E",
+                1,
+                code.product,
+                live,
+                lambda w: (self.shard_future(w), Scatter(right[w])),
+                Threshold(code.recovery_threshold),
+            ),
+        )
+        with self.master.master_time():
+            E = code.decode_stage1(answers.values)
+        return self._master_side(B, E)
+
+
+class CodedPaper(CodedFast):
+    """The paper's protocol: three coded exchanges per iteration and a coded post-computation."""
+
+    def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
+        code, master = self.code, self.master
+        K = code.recovery_threshold
+        cheap = code.gram_code
+        with master.master_time():
+            factor = dict(zip(live, self._encode_factor(B, live), strict=True))
+        first = master.exchange(
+            t,
+            Exchange(
+                "E",
+                1,
+                code.stage1_and_2,
+                live,
+                lambda w: (self.shard_future(w), Scatter(factor[w])),
+                Threshold(K),
+            ),
+        )
+        with master.master_time():
+            E = code.decode_stage1({w: v[0] for w, v in first.values.items()})
+            F = code.decode_stage2({w: v[1] for w, v in first.values.items()})
+            holders = sorted(first.operands)
+            right_e = dict(zip(holders, cheap.encode_b(E, holders), strict=True))
+        second = master.exchange(
+            t,
+            Exchange(
+                "S",
+                2,
+                code.stage3,
+                holders,
+                lambda w: (first.operands[w][0], Scatter(right_e[w])),
+                Threshold(cheap.recovery_threshold, cheap.estimated_error, K),
+            ),
+        )
+        with master.master_time():
+            S = code.decode_stage3(second.values)
+        return F, S, {"E": E, "right_e": second.operands}
+
+    def _encode_factor(self, B: np.ndarray, workers: list[int]) -> list[np.ndarray]:
+        left = self.code.gram_code.encode_a(B, workers)
+        if self.code.complex:
+            return left
+        right = self.code.gram_code.encode_b(B, workers)
+        return [np.stack([fl, fr]) for fl, fr in zip(left, right, strict=True)]
+
+    def _scale(self, t: int, name: str, operand: dict, G: np.ndarray) -> np.ndarray:
+        """``f_R(M, x_w) G`` on the workers that hold ``f_R(M, x_w)``, decoded to M G."""
+        cheap = self.code.gram_code
+        holders = sorted(operand)
+        answers = self.master.exchange(
+            t,
+            Exchange(
+                name,
+                3,
+                self.code.stage4,
+                holders,
+                lambda w: (operand[w], G),
+                Threshold(cheap.b_threshold, cheap.estimated_b_error, self.code.recovery_threshold),
+            ),
+        )
+        with self.master.master_time():
+            return self.code.decode_stage4(answers.values)
+
+    def update(self, t: int, state: dict, G: np.ndarray) -> np.ndarray:
+        return self._scale(t, "B", {w: f[0] for w, f in state["right_e"].items()}, G)
+
+    def post(self, t: int, state: dict, B: np.ndarray, F: np.ndarray) -> np.ndarray:
+        # Eq. (29) through the coded stage: H = B (F + lam I)^-1 from f_R(B, x_w).
+        with self.master.master_time():
+            inverse = np.linalg.inv(F + self.lam * np.eye(F.shape[0]))
+            holders = sorted(state["right_e"])
+            right_b = dict(zip(holders, self.code.gram_code.encode_b(B, holders), strict=True))
+        return self.unpad(self._scale(t, "H", {w: Scatter(right_b[w]) for w in holders}, inverse))
+
+
+class RowBlocks(_Scheme):
+    """The baselines: D split by rows, ``copies`` workers per block, first copy wins."""
+
+    def __init__(self, master: Any, D: Any, copies: int) -> None:
+        super().__init__(master, D, int(D.shape[0]))
+        W = self.settings.n_workers
+        self.n_blocks = max(1, W // copies)
+        self.edges = np.linspace(0, self.size, self.n_blocks + 1).astype(int)
+        self.block_of = {w: w % self.n_blocks for w in range(W)}
+        self.need = self.n_blocks
+
+    def shard(self, w: int) -> np.ndarray:
+        b = self.block_of[w]
+        block = np.ascontiguousarray(self.D[self.edges[b] : self.edges[b + 1]], dtype=np.float64)
+        if not np.all(np.isfinite(block)):
+            raise InputError("the Gram matrix of R is not finite; rescale R")
+        return block
+
+    def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
+        answers = self.master.exchange(
+            t,
+            Exchange(
+                "E",
+                1,
+                tasks.row_block_product,
+                live,
+                lambda w: (self.shard_future(w), Scatter(B)),
+                FirstCopies(self.block_of, self.n_blocks),
+            ),
+        )
+        with self.master.master_time():
+            by_block = {self.block_of[w]: v for w, v in answers.values.items()}
+            E = np.vstack([by_block[b] for b in range(self.n_blocks)])
+        return self._master_side(B, E)
+
+
+def make_scheme(master: Any, D: Any) -> _Scheme:
+    """The scheme of ``master.settings`` (mode and protocol) for D."""
+    s = master.settings
+    if s.mode == "coded":
+        scheme = (CodedFast if s.protocol == "fast" else CodedPaper)(master, D)
+    else:
+        scheme = RowBlocks(master, D, 1 if s.mode == "uncoded" else s.n_stragglers + 1)
+    return scheme

@@ -1,0 +1,102 @@
+"""What runs on the workers: one task per worker per exchange, stoppable once it is not needed.
+
+Every task runs :func:`run_task`. It computes its product in chunks and, between chunks and
+during an injected straggler delay, looks at a worker-local *stop flag* named after the exchange.
+The master sets that flag (:func:`stop`, sent with ``Client.run``) on the workers whose answers
+it no longer needs, so a late task ends within one chunk instead of holding the worker's only
+thread into the next round. Each task also notes what it cost (thread CPU seconds) in a
+worker-local ledger that the master reads once at the end of a fit (:func:`take_ledger`).
+
+Nothing here is called on the master except by tests; everything here is importable by the
+worker processes (the functions travel by reference).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from dask_coded_als.codes import matmul_t
+from dask_coded_als.stragglers import TaskDelay
+
+__all__ = ["TaskReport", "run_task", "row_block_product", "stop", "take_ledger"]
+
+#: Stop flags kept per worker process; older ones are dropped (a flag is only looked at by the
+#: tasks of one exchange, which end long before this many exchanges have passed).
+_MAX_FLAGS = 256
+_flags: OrderedDict[str, threading.Event] = OrderedDict()
+_ledger: dict[str, list[tuple[int, int, float, bool]]] = {}
+_lock = threading.Lock()
+
+
+def _flag(key: str) -> threading.Event:
+    with _lock:
+        flag = _flags.get(key)
+        if flag is None:
+            flag = _flags[key] = threading.Event()
+            while len(_flags) > _MAX_FLAGS:
+                _flags.popitem(last=False)
+        return flag
+
+
+def stop(key: str) -> None:
+    """Tell the tasks of exchange ``key`` on this worker to stop (also those not started yet)."""
+    _flag(key).set()
+
+
+class TaskReport(NamedTuple):
+    """What a task sends back: its value (None when stopped), the thread CPU seconds and wall
+    seconds of its computation, and whether it was stopped."""
+
+    value: Any
+    cpu_seconds: float
+    compute_seconds: float
+    stopped: bool
+
+
+def run_task(
+    fit: str,
+    exchange: int,
+    worker: int,
+    stop_key: str,
+    delay: TaskDelay,
+    compute: Callable[..., Any],
+    *args: Any,
+) -> TaskReport:
+    """Run ``compute(*args, interrupt=...)``, then sleep the injected delay, both stoppable.
+
+    ``compute`` returns None when ``interrupt()`` became true during it. Stragglers sleep here,
+    inside the task, so the master measures real waiting; the sleep ends early on the stop flag.
+    """
+    flag = _flag(stop_key)
+    cpu0, start = time.thread_time(), time.perf_counter()
+    value = None if flag.is_set() else compute(*args, interrupt=flag.is_set)
+    compute_seconds = time.perf_counter() - start
+    stopped = value is None
+    if not stopped:
+        pause = delay.seconds + delay.slowdown * compute_seconds
+        if pause > 0 and flag.wait(pause):
+            stopped, value = True, None  # nobody waits for it any more
+    cpu = time.thread_time() - cpu0
+    with _lock:
+        _ledger.setdefault(fit, []).append((exchange, worker, cpu, stopped))
+    return TaskReport(value, cpu, compute_seconds, stopped)
+
+
+def take_ledger(fit: str) -> list[tuple[int, int, float, bool]]:
+    """This worker's ``(exchange, worker, cpu_seconds, stopped)`` of every finished task of
+    ``fit``, removed from the ledger."""
+    with _lock:
+        return _ledger.pop(fit, [])
+
+
+def row_block_product(
+    block: np.ndarray, B: np.ndarray, interrupt: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """``block @ B`` (the baselines' product) in row chunks; None if interrupted."""
+    return matmul_t(block.T, B, interrupt)

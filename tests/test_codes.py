@@ -127,7 +127,7 @@ def test_an_interrupted_product_returns_none_between_chunks(monkeypatch):
         a, b = code.encode_a(A)[3], code.encode_b(B)[3]
         looks = []
 
-        def interrupt():
+        def interrupt(looks=looks):
             looks.append(1)
             return len(looks) > 2  # stop before the third chunk
 

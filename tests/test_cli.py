@@ -345,7 +345,7 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
     # The line after the table says who won; `evaluate` rescores the stored factors on the
     # demo's split and says the same.
     lines = out.splitlines()
-    verdict = lines[lines.index(next(x for x in lines if x.startswith("popularity "))) + 1]
+    verdict = lines[1 + next(i for i, x in enumerate(lines) if x.startswith("popularity "))]
     assert verdict.startswith("the model beats popularity: precision@10 ")
     assert main(["evaluate", str(tmp_path / "sample.zarr")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == verdict

@@ -307,30 +307,112 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
         print(f"{rank:3d}. item {row['item_id']}  score {row['score']:.4f}{title}")
 
 
-def _evaluate(R, args: argparse.Namespace, client) -> dict[str, Any]:
-    from dask_coded_als.evaluation import evaluate_factors, evaluate_popularity, train_test_split
+#: How ``evaluate`` holds out ratings: a random part or the newest part of each user's ratings.
+SPLITS = ("random", "temporal")
 
-    train, test = train_test_split(R, test_fraction=args.test_fraction, seed=args.seed or 0)
-    model = _model_from_args(args).fit(train, client=client)
-    metrics = evaluate_factors(
-        model.user_factors_, model.item_factors_, train, test, k=args.k, relevant=args.relevant
-    )
-    baseline = evaluate_popularity(train, test, k=args.k, relevant=args.relevant)
-    return {"model": metrics, "popularity": baseline, "fit": _summary(model)}
+
+def _split_spec(method: str, test_fraction: float, seed: int) -> dict[str, Any]:
+    """The split as recorded with factors fitted on its training part (seed only if used)."""
+    spec: dict[str, Any] = {"method": method, "test_fraction": test_fraction}
+    if method == "random":
+        spec["seed"] = seed
+    return spec
+
+
+def _describe_split(spec: dict[str, Any]) -> str:
+    share = f"{spec['test_fraction']:.0%} of each user's ratings"
+    if spec["method"] == "temporal":
+        return f"temporal split (the newest {share} held out)"
+    return f"random split ({share} held out, seed {spec['seed']})"
+
+
+def _split(store, R, spec: dict[str, Any]):
+    """Training and test matrices of ``spec`` (validated: it may come from a store)."""
+    from dask_coded_als.errors import InputError
+    from dask_coded_als.evaluation import temporal_split, train_test_split
+
+    method = spec.get("method")
+    if method == "temporal":
+        if not store.has_timestamps:
+            raise InputError(
+                f"{store.path}: the ratings have no timestamps, so there is no temporal split "
+                f"(use --split random)"
+            )
+        return temporal_split(R, store.array("ratings/timestamp")[...], spec.get("test_fraction"))
+    seed = spec.get("seed")
+    if method != "random" or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"{store.path}: the stored factors record an unreadable split {spec!r}")
+    return train_test_split(R, spec.get("test_fraction"), seed)
+
+
+def _stored_factors(store, args: argparse.Namespace):
+    """The stored factors and the split they were fitted on; refuse what cannot be tested."""
+    from dask_coded_als import store as stores
+    from dask_coded_als.errors import InputError
+
+    if args.factors is not None:
+        raise InputError("--factors goes with --refit; without it the stored factors are scored")
+    if not store.has_factors:
+        raise InputError(
+            f"{store.path}: no factors stored; pass --refit --factors D to fit on a training split"
+        )
+    U, V, attrs = stores.read_factors(store)
+    spec = attrs.get("split")
+    if not isinstance(spec, dict):
+        # Factors fitted on every rating have seen the test ratings: their hits would be recalls
+        # of training data, not predictions.
+        raise InputError(
+            f"{store.path}: the stored factors were fitted on all ratings, test ratings included; "
+            f"pass --refit --factors D to fit on the training part of a split"
+        )
+    given = {"method": args.split, "test_fraction": args.test_fraction, "seed": args.seed}
+    for key, value in given.items():
+        if key in spec and value is not None and value != spec[key]:
+            raise InputError(
+                f"{store.path}: the stored factors were fitted on the training part of a "
+                f"{_describe_split(spec)}; other split options would test them on ratings they "
+                f"were trained on (pass --refit to fit anew)"
+            )
+    return U, V, spec
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dask_coded_als import store as stores
+    from dask_coded_als.errors import InputError
+    from dask_coded_als.evaluation import evaluate_factors, evaluate_popularity
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
-    _model_from_args(args)._settings(R.shape)
-    with _client(args, args.workers) as client:
-        result = _evaluate(R, args, client)
+    result: dict[str, Any] = {}
+    if args.refit:
+        if args.factors is None:
+            raise InputError("--refit needs --factors D")
+        if args.seed is None:
+            args.seed = 0  # the default of the model and of a random split
+        model = _model_from_args(args)
+        model._settings(R.shape)  # bad options fail before any cluster starts
+        spec = _split_spec(args.split or "random", args.test_fraction or 0.2, args.seed)
+        train, test = _split(store, R, spec)
+        with _client(args, args.workers) as client:
+            model.fit(train, client=client)
+        U, V = model.user_factors_, model.item_factors_
+        result["fit"] = _summary(model)
+    else:
+        U, V, spec = _stored_factors(store, args)
+        train, test = _split(store, R, spec)
+    result["factors"] = "refit" if args.refit else "stored"
+    result["split"] = spec
+    result["model"] = evaluate_factors(U, V, train, test, k=args.k, relevant=args.relevant)
+    result["popularity"] = evaluate_popularity(train, test, k=args.k, relevant=args.relevant)
     if args.json:
         print(json.dumps(_jsonable(result)))
-    else:
-        _print_metrics(result, args.k)
+        return 0
+    which = "factors fitted now" if args.refit else "stored factors"
+    print(
+        f"{which} (d={U.shape[1]}) on a {_describe_split(spec)}; "
+        f"{result['model']['n_users']} users with a test rating >= {args.relevant:g}"
+    )
+    _print_metrics(result, args.k)
     return 0
 
 
@@ -360,11 +442,32 @@ def _print_experiment(result: dict[str, Any], as_json: bool) -> None:
 
 
 def _print_metrics(result: dict[str, Any], k: int) -> None:
+    """The metrics table of the model and popularity, then one line on which ranker won."""
     names = [name for name in result["model"] if name not in ("n_users", "k")]
-    print(f"{'':12s}" + "".join(f"{name:>14s}" for name in names))
+    print(f"{'':12s}" + "".join(f"{name.replace('@k', f'@{k}'):>14s}" for name in names))
     for label in ("model", "popularity"):
         values = result[label]
         print(f"{label:12s}" + "".join(f"{values[name]:14.4f}" for name in names))
+    print(_verdict(result["model"], result["popularity"], k))
+
+
+def _verdict(model: dict[str, Any], popular: dict[str, Any], k: int) -> str:
+    """One line: which ranker has the higher precision@k and NDCG@k, and by how much."""
+    parts, winners = [], set()
+    for key, label in (("precision@k", f"precision@{k}"), ("ndcg@k", f"NDCG@{k}")):
+        ours, theirs = model[key], popular[key]
+        winners.add("model" if ours > theirs else "popularity" if theirs > ours else "tie")
+        high, low = max(ours, theirs), min(ours, theirs)
+        ratio = f" ({high / low:.2f}x)" if low > 0 else ""
+        parts.append(f"{label} {ours:.4f} vs {theirs:.4f}{ratio}")
+    detail = ", ".join(parts)
+    if winners == {"model"}:
+        return f"the model beats popularity: {detail}"
+    if winners == {"popularity"}:
+        return f"popularity beats the model: {detail}"
+    if winners == {"tie"}:
+        return f"the model and popularity tie: {detail}"
+    return f"no clear winner between the model and popularity: {detail}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -373,7 +476,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from dask_coded_als import store as stores
     from dask_coded_als.engine import CodedALS, local_cluster
-    from dask_coded_als.evaluation import evaluate_factors, evaluate_popularity, train_test_split
+    from dask_coded_als.evaluation import evaluate_factors, evaluate_popularity
     from dask_coded_als.ingest import ingest
     from dask_coded_als.recommend import recommend_by_id
 
@@ -395,7 +498,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     store = stores.open_store(store_path)
     R = stores.ratings_matrix(store)
-    train, test = train_test_split(R, test_fraction=0.2, seed=0)
+    split = _split_spec("random", 0.2, 0)
+    train, test = _split(store, R, split)
     W, s, delay = 8, 2, args.straggler_delay
     common = dict(
         n_factors=args.factors,
@@ -430,7 +534,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         store,
         coded.user_factors_,
         coded.item_factors_,
-        {"parameters": _jsonable(common), "history": _jsonable(coded.history_)},
+        # The split goes with the factors: `evaluate` scores them on the same test ratings.
+        {"parameters": _jsonable(common), "history": _jsonable(coded.history_), "split": split},
     )
     user = store.user_ids[0]
     rows = recommend_by_id(
@@ -443,17 +548,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n=5,
         titles=store.titles,
     )
-    print(f"4. top 5 for user {user} (items rated in training excluded):")
+    print(
+        f"4. top 5 for user {user} (items rated in training excluded; scores are affinities "
+        f"for ranking, not predicted ratings):"
+    )
     for rank, row in enumerate(rows, 1):
         title = f"  {row['title']}" if row.get("title") else ""
         print(f"   {rank}. item {row['item_id']}{title}  ({row['score']:.3f})")
     model_metrics = evaluate_factors(coded.user_factors_, coded.item_factors_, train, test, k=10)
     popular = evaluate_popularity(train, test, k=10)
-    print("5. held-out evaluation at k=10 (20% of each user's ratings):")
+    print(f"5. held-out evaluation at k=10 on a {_describe_split(split)}:")
     _print_metrics({"model": model_metrics, "popularity": popular}, 10)
     print(
         f"done in {time.perf_counter() - t0:.1f} s; store with ratings, factors and "
-        f"history: {store_path}"
+        f"history: {store_path} (`dask-coded-als evaluate {store_path}` scores them again)"
     )
     return 0
 
@@ -536,13 +644,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similar)
 
-    p = sub.add_parser("evaluate", help="hold-out ranking metrics against a popularity baseline")
+    p = sub.add_parser(
+        "evaluate",
+        help="hold-out ranking metrics of the stored factors (or a refit) against popularity",
+    )
     p.add_argument("store")
-    _add_fit_options(p)
-    p.add_argument("--test-fraction", type=_fraction, default=0.2)
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="fit anew on the training part of the split (needs --factors; the fit options "
+        "apply only then); default: score the factors stored in STORE, which must have been "
+        "fitted on the training part of a recorded split",
+    )
+    _add_fit_options(p, factors_required=False)
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=None,
+        help="hold out a random part (default) or the newest part of each user's ratings",
+    )
+    p.add_argument("--test-fraction", type=_fraction, default=None, help="default 0.2")
     p.add_argument("--relevant", type=_non_negative_float, default=4.0)
     p.add_argument("-k", type=_positive_int, default=10)
-    p.set_defaults(func=cmd_evaluate)
+    # None: not given, so a stored split's own seed applies (with --refit: 0).
+    p.set_defaults(func=cmd_evaluate, seed=None)
 
     for name, func, what in (
         ("table1", cmd_table1, "the paper's Table I: time per iteration for every (k, h) cell"),

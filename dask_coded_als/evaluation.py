@@ -1,10 +1,11 @@
 """Offline evaluation of recommenders: a per-user hold-out split and top-k ranking metrics.
 
-Protocol. :func:`train_test_split` holds out a random part of each user's ratings. A model fitted
-on the training matrix ranks, for every user, all items the user did not rate in training (full
-ranking, no sampled negatives); the top k are compared with the user's *relevant* test items,
-those with a test rating >= ``relevant``. Only users with at least one relevant test item are
-evaluated, and each metric is the mean over them.
+Protocol. :func:`train_test_split` holds out a random part of each user's ratings,
+:func:`temporal_split` the newest part. A model fitted on the training matrix ranks, for every
+user, all items the user did not rate in training (full ranking, no sampled negatives); the top k
+are compared with the user's *relevant* test items, those with a test rating >= ``relevant``.
+Only users with at least one relevant test item are evaluated, and each metric is the mean over
+them (a macro average). docs/evaluation.md compares these definitions with other libraries'.
 
 Metrics, for one user with R relevant test items and hits h_i in {0, 1} at ranks i = 1..k:
 
@@ -42,6 +43,7 @@ __all__ = [
     "evaluate_factors",
     "evaluate_popularity",
     "ranking_metrics",
+    "temporal_split",
     "train_test_split",
 ]
 
@@ -62,12 +64,48 @@ def _check_sparse(matrix: Any, name: str) -> sp.csr_matrix:
     return csr
 
 
+def _check_fraction(test_fraction: Any) -> float:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise InputError(f"test_fraction must be a number, got {test_fraction!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    return float(test_fraction)
+
+
+def _hold_out(
+    ratings_csr: sp.spmatrix | sp.sparray,
+    csr: sp.csr_matrix,
+    test_fraction: float,
+    keys: tuple[np.ndarray, ...],
+) -> tuple[sp.csr_matrix | sp.csr_array, sp.csr_matrix | sp.csr_array]:
+    """Hold out, per user, the ``n_test`` stored entries that come first in ``np.lexsort(keys)``
+    order (the last key is the primary one)."""
+    n_users = csr.shape[0]
+    counts = np.diff(csr.indptr)
+    n_test = np.floor(test_fraction * counts + 0.5).astype(np.int64)
+    n_test = np.where(counts >= 2, np.clip(n_test, 1, np.maximum(counts - 1, 1)), 0)
+
+    rows = np.repeat(np.arange(n_users), counts)
+    order = np.lexsort((*keys, rows))
+    rank = np.empty(csr.nnz, dtype=np.int64)
+    rank[order] = np.arange(csr.nnz) - csr.indptr[rows[order]]
+    in_test = rank < n_test[rows]
+
+    cls = sp.csr_array if isinstance(ratings_csr, sp.sparray) else sp.csr_matrix
+
+    def part(mask: np.ndarray) -> sp.csr_matrix | sp.csr_array:
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mask], minlength=n_users))])
+        return cls((csr.data[mask], csr.indices[mask], indptr), shape=csr.shape)
+
+    return part(~in_test), part(in_test)
+
+
 def train_test_split(
     ratings_csr: sp.spmatrix | sp.sparray,
     test_fraction: float = 0.2,
     seed: int | None = 0,
 ) -> tuple[sp.csr_matrix | sp.csr_array, sp.csr_matrix | sp.csr_array]:
-    """Split the ratings per user into a training and a test matrix.
+    """Split the ratings per user into a training and a test matrix, at random.
 
     Each user with ``n_u >= 2`` ratings (stored entries) has ``floor(test_fraction * n_u + 0.5)``
     of them held out, at random, clipped to ``[1, n_u - 1]`` so that at least one is held out and
@@ -101,30 +139,70 @@ def train_test_split(
     ([2, 1], [2, 0])
     """
     csr = _check_sparse(ratings_csr, "ratings_csr")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
-        raise InputError(f"test_fraction must be a number, got {test_fraction!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_users = csr.shape[0]
-    counts = np.diff(csr.indptr)
-    n_test = np.floor(float(test_fraction) * counts + 0.5).astype(np.int64)
-    n_test = np.where(counts >= 2, np.clip(n_test, 1, np.maximum(counts - 1, 1)), 0)
-
-    # Rank the entries of each row by a random key; the n_test[u] lowest go to the test matrix.
-    rows = np.repeat(np.arange(n_users), counts)
+    fraction = _check_fraction(test_fraction)
     keys = np.random.default_rng(seed).random(csr.nnz)
-    order = np.lexsort((keys, rows))
-    rank = np.empty(csr.nnz, dtype=np.int64)
-    rank[order] = np.arange(csr.nnz) - csr.indptr[rows[order]]
-    in_test = rank < n_test[rows]
+    return _hold_out(ratings_csr, csr, fraction, (keys,))
 
-    cls = sp.csr_array if isinstance(ratings_csr, sp.sparray) else sp.csr_matrix
 
-    def part(mask: np.ndarray) -> sp.csr_matrix | sp.csr_array:
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mask], minlength=n_users))])
-        return cls((csr.data[mask], csr.indices[mask], indptr), shape=csr.shape)
+def temporal_split(
+    ratings_csr: sp.spmatrix | sp.sparray,
+    timestamps: np.ndarray,
+    test_fraction: float = 0.2,
+) -> tuple[sp.csr_matrix | sp.csr_array, sp.csr_matrix | sp.csr_array]:
+    """Split the ratings per user into a training and a test matrix, holding out the newest.
 
-    return part(~in_test), part(in_test)
+    Each user loses the same number of ratings as in :func:`train_test_split` (at least one when
+    the user has two or more), but the held-out ones are the user's most recent: the model is
+    asked to predict what each user rated next from what they rated before. Ratings with equal
+    timestamps count the one with the larger item index as the newer, so the split is
+    deterministic.
+
+    Parameters
+    ----------
+    ratings_csr : scipy.sparse matrix or array
+        Ratings, shape (n_users, n_items), in canonical form (sorted indices, no duplicate
+        entries), as :func:`dask_coded_als.store.ratings_matrix` returns it.
+    timestamps : array_like
+        One finite number per stored entry, in the order of ``ratings_csr.data`` (the store's
+        ``ratings/timestamp`` array has that order).
+    test_fraction : float, default 0.2
+        Fraction of each user's ratings to hold out, in (0, 1).
+
+    Returns
+    -------
+    train_csr, test_csr
+        As :func:`train_test_split`.
+
+    Raises
+    ------
+    InputError
+        If the input is not sparse or not canonical, the timestamps do not match its entries or
+        are not finite, or ``test_fraction`` is not in (0, 1).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> ratings = sp.csr_matrix([[4.0, 5.0, 3.0, 2.0]])
+    >>> train, test = temporal_split(ratings, np.array([30, 10, 40, 20]), 0.5)
+    >>> train.indices.tolist(), test.indices.tolist()  # items rated at times 30 and 40 held out
+    ([1, 3], [0, 2])
+    """
+    csr = _check_sparse(ratings_csr, "ratings_csr")
+    # The timestamps follow the order of the stored entries, so that order must be unambiguous.
+    if ratings_csr.format != "csr" or not ratings_csr.has_canonical_format:
+        raise InputError("ratings_csr must be CSR with sorted indices and no duplicate entries")
+    stamps = np.asarray(timestamps)
+    if stamps.shape != (csr.nnz,):
+        raise InputError(
+            f"timestamps has shape {stamps.shape}, expected one per rating ({csr.nnz},)"
+        )
+    if stamps.dtype.kind not in "iuf" or not np.all(np.isfinite(stamps)):
+        raise InputError("timestamps must be finite numbers")
+    fraction = _check_fraction(test_fraction)
+    # Newest first: descending time, then descending item index (dense ranks of the times are
+    # negated exactly, whatever their dtype).
+    time_rank = np.unique(stamps, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return _hold_out(ratings_csr, csr, fraction, (-csr.indices, -time_rank))
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -11,9 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.sparse.linalg import svds
 
 from dask_coded_als import store as stores
-from dask_coded_als.cli import EXIT_CODES, main
+from dask_coded_als.cli import EXIT_CODES, _verdict, main
+from dask_coded_als.evaluation import (
+    evaluate_factors,
+    evaluate_popularity,
+    temporal_split,
+    train_test_split,
+)
+from dask_coded_als.ingest import ingest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "datasets" / "sample"
 
@@ -219,26 +227,111 @@ def test_help_lists_subcommands(capsys):
         assert name in out
 
 
-def test_evaluate_reports_model_and_baseline(sample_store, client, capsys):
-    argv = [
-        "evaluate",
-        str(sample_store),
-        "--factors",
-        "6",
-        "--workers",
-        "8",
-        "--iterations",
-        "10",
-        "-k",
-        "10",
-        "--json",
-        *scheduler_args(client),
-    ]
+@pytest.fixture(scope="module")
+def eval_store(tmp_path_factory):
+    """The sample with factors fitted (by svds) on the training part of the demo's split."""
+    path = tmp_path_factory.mktemp("evaluate") / "sample.zarr"
+    ingest(SAMPLE / "ratings.csv", path)
+    train, _ = train_test_split(stores.ratings_matrix(path), test_fraction=0.2, seed=0)
+    u, s, vt = svds(train, k=8)
+    split = {"method": "random", "test_fraction": 0.2, "seed": 0}
+    stores.write_factors(path, u * s, vt.T, {"split": split})
+    return path
+
+
+def test_evaluate_scores_the_stored_factors_without_a_cluster(eval_store, capsys):
+    assert main(["evaluate", str(eval_store), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["factors"] == "stored" and "fit" not in result
+    assert result["split"] == {"method": "random", "test_fraction": 0.2, "seed": 0}
+    U, V, _ = stores.read_factors(eval_store)
+    train, test = train_test_split(stores.ratings_matrix(eval_store), test_fraction=0.2, seed=0)
+    assert result["model"] == evaluate_factors(U, V, train, test, k=10)
+    assert result["popularity"] == evaluate_popularity(train, test, k=10)
+    # The recorded split's options may be repeated; the table ends with the verdict line.
+    argv = ["evaluate", str(eval_store), "--split", "random", "--seed", "0", "-k", "5"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("stored factors (d=8) on a random split (20% of each user's")
+    assert lines[1].split() == ["precision@5", "recall@5", "ndcg@5", "map@5"]
+    assert lines[-1].startswith("the model beats popularity: precision@5 ")
+
+
+def test_evaluate_refit_on_a_temporal_split(eval_store, client, capsys):
+    argv = ["evaluate", str(eval_store), "--refit", "--factors", "6", "--workers", "8"]
+    argv += ["--iterations", "10", "--split", "temporal", "--json", *scheduler_args(client)]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["factors"] == "refit" and result["fit"]["iterations"] == 10
+    assert result["split"] == {"method": "temporal", "test_fraction": 0.2}
+    store = stores.open_store(eval_store)
+    R = stores.ratings_matrix(store)
+    _, test = temporal_split(R, store.array("ratings/timestamp")[...], 0.2)
+    assert result["model"]["n_users"] == np.count_nonzero(test.multiply(test >= 4).getnnz(axis=1))
     for label in ("model", "popularity"):
-        assert 0 < result[label]["precision@k"] <= 1 and result[label]["n_users"] > 0
-    assert result["fit"]["iterations"] == 10
+        assert 0 < result[label]["precision@k"] <= 1
+    assert stores.read_factors(eval_store)[0].shape[1] == 8  # a refit leaves the store alone
+
+
+def test_evaluate_refuses_factors_it_cannot_test_honestly(eval_store, tmp_path, capsys):
+    no_stamps = tmp_path / "no-stamps.zarr"
+    ratings = (SAMPLE / "ratings.csv").read_text().splitlines()[1:]
+    csv = tmp_path / "r.csv"
+    csv.write_text("\n".join(",".join(line.split(",")[:3]) for line in ratings) + "\n")
+    ingest(csv, no_stamps, format="csv", columns=["user", "item", "rating"])
+    fitted_on_everything = tmp_path / "all.zarr"
+    ingest(SAMPLE / "ratings.csv", fitted_on_everything)
+    st = stores.open_store(fitted_on_everything)
+    stores.write_factors(fitted_on_everything, np.ones((st.n_users, 2)), np.ones((st.n_items, 2)))
+    cases = [
+        ([str(fitted_on_everything)], "fitted on all ratings, test ratings included"),
+        ([str(no_stamps)], "no factors stored; pass --refit --factors D"),
+        ([str(eval_store), "--seed", "1"], "other split options would test them on ratings"),
+        ([str(eval_store), "--split", "temporal"], "other split options"),
+        ([str(eval_store), "--test-fraction", "0.3"], "other split options"),
+        ([str(eval_store), "--factors", "4"], "--factors goes with --refit"),
+        ([str(eval_store), "--refit"], "--refit needs --factors D"),
+        (
+            [str(no_stamps), "--refit", "--factors", "4", "--split", "temporal"],
+            "the ratings have no timestamps, so there is no temporal split (use --split random)",
+        ),
+    ]
+    for argv, message in cases:
+        assert run(["evaluate", *argv]) == EXIT_CODES["input"], argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    "model,popular,line",
+    [
+        (
+            (0.2, 0.4),
+            (0.1, 0.25),
+            "the model beats popularity: precision@10 0.2000 vs 0.1000 (2.00x), "
+            "NDCG@10 0.4000 vs 0.2500 (1.60x)",
+        ),
+        (
+            (0.1, 0.2),
+            (0.15, 0.3),
+            "popularity beats the model: precision@10 0.1000 vs 0.1500 (1.50x), "
+            "NDCG@10 0.2000 vs 0.3000 (1.50x)",
+        ),
+        (
+            (0.2, 0.2),
+            (0.1, 0.3),
+            "no clear winner between the model and popularity: precision@10 0.2000 vs 0.1000 "
+            "(2.00x), NDCG@10 0.2000 vs 0.3000 (1.50x)",
+        ),
+        ((0.0, 0.0), (0.0, 0.0), "the model and popularity tie: precision@10 0.0000 vs 0.0000"),
+        ((0.1, 0.1), (0.0, 0.0), "the model beats popularity: precision@10 0.1000 vs 0.0000, "),
+    ],
+)
+def test_verdict_line(model, popular, line):
+    def metrics(pair):
+        return {"precision@k": pair[0], "ndcg@k": pair[1]}
+
+    assert _verdict(metrics(model), metrics(popular), 10).startswith(line)
 
 
 def test_demo_runs_the_whole_flow(tmp_path, capsys):
@@ -249,3 +342,10 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
         assert step in out
     U, V, _ = stores.read_factors(tmp_path / "sample.zarr")
     assert U.shape == (300, 10) and V.shape == (250, 10)
+    # The line after the table says who won; `evaluate` rescores the stored factors on the
+    # demo's split and says the same.
+    lines = out.splitlines()
+    verdict = lines[1 + next(i for i, x in enumerate(lines) if x.startswith("popularity "))]
+    assert verdict.startswith("the model beats popularity: precision@10 ")
+    assert main(["evaluate", str(tmp_path / "sample.zarr")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == verdict

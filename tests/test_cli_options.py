@@ -148,14 +148,20 @@ MODEL_NONSENSE = [
     "options,message", MODEL_NONSENSE, ids=[" ".join(o) for o, _ in MODEL_NONSENSE]
 )
 def test_model_options(places, capsys, command, options, message):
-    argv = [command, "{full}", "--factors", "3", *options]
+    refit = ["--refit"] if command == "evaluate" else []  # evaluate fits only when asked
+    argv = [command, "{full}", "--factors", "3", *refit, *options]
     assert message in check(places, capsys, argv, INPUT)
 
 
-@pytest.mark.parametrize("command", ["fit", "evaluate"])
-def test_factors_is_required(places, capsys, command):
-    line = check(places, capsys, [command, "{full}"], INPUT)
-    assert "the following arguments are required: --factors" in line
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["fit", "{full}"], "the following arguments are required: --factors"),
+        (["evaluate", "{full}", "--refit"], "--refit needs --factors D"),
+    ],
+)
+def test_factors_is_required(places, capsys, argv, message):
+    assert message in check(places, capsys, argv, INPUT)
 
 
 EVALUATE_NONSENSE = [
@@ -168,6 +174,7 @@ EVALUATE_NONSENSE = [
     (["--relevant", "nan"], "expected a finite number >= 0"),
     (["-k", "0"], "expected an integer >= 1"),
     (["-k", "ten"], "expected an integer"),
+    (["--split", "sideways"], "invalid choice"),
 ]
 
 
@@ -324,7 +331,7 @@ def test_cluster_options_of_fit(places, capsys, options, code, message):
 
 
 def test_a_scheduler_that_is_not_there_for_evaluate(places, capsys):
-    argv = ["evaluate", "{full}", "--factors", "3", "--scheduler", NOWHERE]
+    argv = ["evaluate", "{full}", "--refit", "--factors", "3", "--scheduler", NOWHERE]
     line = check(places, capsys, [*argv, "--connect-timeout", "2"], CLUSTER)
     assert "cannot connect" in line
 

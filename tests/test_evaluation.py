@@ -16,6 +16,7 @@ from dask_coded_als.evaluation import (
     evaluate_factors,
     evaluate_popularity,
     ranking_metrics,
+    temporal_split,
     train_test_split,
 )
 
@@ -241,3 +242,87 @@ def test_matches_naive_with_ties(seed):
         expected, n_users = _naive(scores, train.toarray(), test.toarray(), k, 4.0)
         assert result["n_users"] == n_users
         np.testing.assert_allclose([result[m] for m in METRICS], expected)
+
+
+def test_hand_computed_more_relevant_items_than_k():
+    # One user, 3 relevant test items (0, 2, 4), k = 2, ranking 0, 1, 2, ...: a hit at rank 1.
+    train = sp.csr_matrix((1, 6))
+    test = sp.csr_matrix(np.array([[5.0, 0, 4.0, 0, 4.5, 0]]))
+    scores = np.array([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    result = ranking_metrics(lambda u: scores, train, test, k=2)
+    assert result["precision@k"] == pytest.approx(1 / 2)
+    assert result["recall@k"] == pytest.approx(1 / 3)  # not 1 / min(k, 3) = 1 / 2
+    assert result["ndcg@k"] == pytest.approx(1 / (1 + 1 / math.log2(3)))  # ideal: 2 hits
+    assert result["map@k"] == pytest.approx(1 / 2)  # (1/1) / min(k, 3)
+    # implicit's precision would be 1 / min(k, 3) = 1 / 2 here too, but 1 / 1 for R = 1:
+    one = sp.csr_matrix(np.array([[5.0, 0, 0, 0, 0, 0]]))
+    assert ranking_metrics(lambda u: scores, train, one, k=2)["precision@k"] == 1 / 2
+
+
+def test_temporal_split_holds_out_the_newest():
+    ratings = sp.csr_matrix(
+        np.array(
+            [
+                [5.0, 4.0, 3.0, 2.0, 1.0],  # times 50, 10, 40, 20, 30: 20% of 5 -> 1 held out
+                [1.0, 0, 2.0, 0, 3.0],  # times 7, 7, 7 (a tie): item 4 counts as the newest
+                [0, 4.0, 0, 0, 0],  # a single rating stays in training
+            ]
+        )
+    )
+    stamps = np.array([50, 10, 40, 20, 30, 7, 7, 7, 99])
+    train, test = temporal_split(ratings, stamps, 0.2)
+    assert test.toarray().tolist() == [[5, 0, 0, 0, 0], [0, 0, 0, 0, 3], [0, 0, 0, 0, 0]]
+    np.testing.assert_array_equal((train + test).toarray(), ratings.toarray())
+    train, test = temporal_split(ratings, stamps, 0.5)  # 2.5 -> 3 of 5; 1.5 -> 2 of 3
+    assert test.toarray().tolist() == [[5, 0, 3, 0, 1], [0, 0, 2, 0, 3], [0, 0, 0, 0, 0]]
+    # float times, and the same counts per user as the random split
+    random_test = train_test_split(ratings, 0.5, seed=3)[1]
+    assert test.getnnz(axis=1).tolist() == random_test.getnnz(axis=1).tolist()
+    assert (temporal_split(ratings, stamps / 3.0, 0.5)[1] != test).nnz == 0
+    assert isinstance(temporal_split(sp.csr_array(ratings), stamps)[0], sp.csr_array)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 8), st.integers(1, 10)),
+    density=st.floats(0.0, 1.0),
+    fraction=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_temporal_split_properties(shape, density, fraction, seed):
+    rng = np.random.default_rng(seed)
+    dense = np.where(rng.random(shape) < density, rng.integers(1, 6, shape), 0).astype(float)
+    ratings = sp.csr_matrix(dense)
+    stamps = rng.integers(0, 4, ratings.nnz)  # few distinct times: many ties
+    train, test = temporal_split(ratings, stamps, fraction)
+    np.testing.assert_array_equal((train + test).toarray(), dense)
+    assert train.multiply(test).nnz == 0
+    random_test = train_test_split(ratings, fraction, seed=seed)[1]
+    assert test.getnnz(axis=1).tolist() == random_test.getnnz(axis=1).tolist()
+    when = sp.csr_matrix((stamps + 1.0, ratings.indices, ratings.indptr), shape=ratings.shape)
+    for u in range(shape[0]):
+        held = [(when[u, j], j) for j in test[u].indices]
+        kept = [(when[u, j], j) for j in train[u].indices]
+        if held and kept:
+            assert min(held) > max(kept)  # (time, item) of every held-out rating is newer
+
+
+def test_temporal_split_bad_input():
+    ratings = sp.csr_matrix(np.array([[1.0, 2.0], [3.0, 0]]))
+    with pytest.raises(InputError, match=r"timestamps has shape \(2,\), expected one per rating"):
+        temporal_split(ratings, np.array([1, 2]))
+    with pytest.raises(InputError, match="finite numbers"):
+        temporal_split(ratings, np.array([1.0, np.nan, 3.0]))
+    with pytest.raises(InputError, match="finite numbers"):
+        temporal_split(ratings, np.array(["a", "b", "c"]))
+    with pytest.raises(InputError, match="CSR with sorted indices"):
+        temporal_split(ratings.tocoo(), np.array([1, 2, 3]))
+    unsorted = sp.csr_matrix(
+        (np.array([2.0, 1.0]), np.array([1, 0]), np.array([0, 2])), shape=(1, 2)
+    )
+    with pytest.raises(InputError, match="CSR with sorted indices"):
+        temporal_split(unsorted, np.array([1, 2]))
+    with pytest.raises(InputError, match="test_fraction"):
+        temporal_split(ratings, np.array([1, 2, 3]), test_fraction=1.0)
+    with pytest.raises(InputError, match="scipy.sparse"):
+        temporal_split(ratings.toarray(), np.array([1, 2, 3]))

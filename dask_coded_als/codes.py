@@ -363,9 +363,11 @@ class EntangledPolynomialCode:
         exponents: np.ndarray,
         workers,
         conjugate: bool = False,
+        dense: bool = False,
     ) -> list[np.ndarray]:
         """Each worker's sum of blocks times its point's powers, accumulated block by block so
-        that no copy of the whole matrix is made.
+        that no copy of the whole matrix is made (``dense``: as one product of the stacked
+        blocks with all workers' coefficients, for small matrices encoded every iteration).
 
         On the circle block ``(j, i)`` stands for ``top + 1j bottom`` (``top - 1j bottom`` when
         ``conjugate``), with top = block(j, i), bottom = block(j + r, i); the shard is returned
@@ -375,6 +377,8 @@ class EntangledPolynomialCode:
         block, shape = blocks
         r, n_cols = exponents.shape
         sign = -1.0 if conjugate else 1.0
+        if dense:
+            return self._encode_dense(block, shape, exponents, workers, sign)
         shards = []
         for w in workers:
             coefficients = self.points[w] ** exponents  # (r, n_cols)
@@ -396,6 +400,27 @@ class EntangledPolynomialCode:
             shards.append(planes)
         return shards
 
+    def _encode_dense(
+        self,
+        block: Callable[[int, int], np.ndarray],
+        shape: tuple[int, int],
+        exponents: np.ndarray,
+        workers: Sequence[int],
+        sign: float,
+    ) -> list[np.ndarray]:
+        r, n_cols = exponents.shape
+        pairs = [(j, i) for j in range(r) for i in range(n_cols)]
+        if self.complex:
+            stacked = np.stack([block(j, i) + (1j * sign) * block(j + r, i) for j, i in pairs])
+        else:
+            stacked = np.stack([block(j, i) for j, i in pairs])
+        flat_exponents = np.array([exponents[j, i] for j, i in pairs])
+        coefficients = self.points[list(workers), None] ** flat_exponents[None, :]
+        encoded = (coefficients @ stacked.reshape(len(pairs), -1)).reshape(-1, *shape)
+        if not self.complex:
+            return list(encoded)
+        return [np.stack([e.real, e.imag]) for e in encoded]
+
     def encode_a(
         self,
         A: np.ndarray,
@@ -414,7 +439,8 @@ class EntangledPolynomialCode:
         j, k = np.meshgrid(np.arange(self.r), np.arange(self.q), indexing="ij")
         exponents = self._offset - j + k * self.r * self.p
         # On the circle b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j).
-        return self._encode(blocks, exponents, workers, conjugate=self.complex)
+        # B (a factor) is small and encoded every iteration: one product for all workers.
+        return self._encode(blocks, exponents, workers, conjugate=self.complex, dense=True)
 
     # -- the workers' product -----------------------------------------------------------------
     def compute(

@@ -1,7 +1,11 @@
-"""Engine benchmarks: coded vs uncoded per iteration, with and without stragglers, and the
-master's share of an iteration. Ratios are measured in one run on one machine.
+"""Engine benchmarks beside `dask-coded-als bench`: no-straggler speed at l = 3000, the
+arithmetic of the point families, the master's share, and where a round's time goes.
 
-    python pipelines/bench_engine.py [--quick] [--json FILE]
+Every figure is a median over the timed rounds of fits that run interleaved (each
+configuration once, then again) on one cluster, so ratios compare like with like on a shared,
+noisy machine.
+
+    python pipelines/bench_engine.py [--quick] [--repeats 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -9,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 from distributed import Client
 
 from dask_coded_als import CodedALS
-from dask_coded_als.engine import local_cluster
+from dask_coded_als.cluster import local_cluster
 
 
 def data(m: int, n: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -24,97 +29,118 @@ def data(m: int, n: int, rank: int, seed: int = 0) -> np.ndarray:
     )
 
 
-def run(client, R, gram, iterations, **kwargs) -> dict:
-    model = CodedALS(max_iter=iterations, tol=0, seed=0, **kwargs).fit(R, client=client, gram=gram)
-    rounds = model.history_[1:-1] or model.history_  # drop warm-up and the final objective round
-    times = [e["time"] for e in rounds]
-    master = [e["master_seconds"] / e["time"] for e in rounds]
-    return {
-        "median_iteration_seconds": float(np.median(times)),
-        "median_master_share": float(np.median(master)),
-        "bytes_sent_per_iteration": float(np.median([e["bytes_sent"] for e in rounds])),
-        "bytes_received_per_iteration": float(np.median([e["bytes_received"] for e in rounds])),
-    }
-
-
-def _identity(x):
-    return x
-
-
-def round_trip_floor(client, n_workers: int, need: int, repeats: int = 10) -> float:
-    """Median seconds to submit one trivial pinned task per worker and gather the first
-    ``need``: the cost of a stage that computes nothing."""
-    import itertools
-
-    from distributed import as_completed
-
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])[:n_workers]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        futures = [
-            client.submit(_identity, i, workers=[w], pure=False) for i, w in enumerate(workers)
-        ]
-        client.gather(list(itertools.islice(as_completed(futures), need)))
-        times.append(time.perf_counter() - t0)
-        client.cancel(futures)
-    return float(np.median(times))
-
-
 def gram_of(R: np.ndarray) -> np.ndarray:
     return R.T @ R if R.shape[0] >= R.shape[1] else R @ R.T
 
 
+def fit(client: Client, R: np.ndarray, D: np.ndarray, iterations: int, **options: Any) -> dict:
+    """One fit; medians over its rounds without the first and the last."""
+    model = CodedALS(max_iter=iterations, tol=0, seed=0, **options).fit(R, client=client, gram=D)
+    rounds = model.history_[1:-1] or model.history_
+
+    def median(value) -> float:
+        return float(np.median([value(e) for e in rounds]))
+
+    return {
+        "iteration": median(lambda e: e["time"]),
+        "master": median(lambda e: e["master_seconds"]),
+        "exchanges": median(lambda e: sum(s["seconds"] for s in e["stages"].values())),
+        "send": median(lambda e: e["stages"]["E"]["send"]),
+        "run": median(lambda e: e["stages"]["E"]["run"]),
+        "fetch": median(lambda e: e["stages"]["E"]["fetch"]),
+        "task_compute": median(lambda e: e["stages"]["E"]["compute"]),
+        "cpu": median(lambda e: e["cpu_seconds"]),
+        "late_cpu": median(lambda e: sum(s["late_cpu_seconds"] for s in e["stages"].values())),
+        "bytes_sent": median(lambda e: e["bytes_sent"]),
+        "bytes_received": median(lambda e: e["bytes_received"]),
+    }
+
+
+def interleaved(
+    client: Client, R: np.ndarray, configs: dict[str, dict], iterations: int, repeats: int
+) -> dict[str, dict]:
+    """Every configuration once per repetition, in turn; the median of each figure."""
+    D = gram_of(R)
+    for options in configs.values():  # warm-up: the first fit on fresh workers pays imports
+        CodedALS(max_iter=1, tol=0, seed=0, **options).fit(R, client=client, gram=D)
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, options in configs.items():
+            runs[name].append(fit(client, R, D, iterations, **options))
+    return {
+        name: {key: float(np.median([r[key] for r in results])) for key in results[0]}
+        for name, results in runs.items()
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     scale = 4 if args.quick else 1
-    it = 3 if args.quick else 6
-    results = {}
+    iterations = 4 if args.quick else 8
+    repeats = 1 if args.quick else args.repeats
+    results: dict[str, Any] = {"quick": args.quick, "repeats": repeats}
+    start = time.perf_counter()
 
-    # 1. The paper's sizes, 2 fixed stragglers 1 s late per task, W = 13, h = 3.
-    R = data(2400 // scale, 1500 // scale, 250 // scale)
-    D = gram_of(R)
-    d = 200 // scale
     with local_cluster(13) as cluster, Client(cluster) as client:
         client.wait_for_workers(13)
+        # 1. Paper sizes, W = 13, h = 3: where a round's time goes, and the arithmetic of the
+        #    point families (the real code does 1x the multiply-adds, the circle 1.5x).
+        R = data(2400 // scale, 1500 // scale, 200 // scale)
+        d = 200 // scale
         late = dict(n_stragglers=2, straggler_model="fixed", straggler_delay=1.0)
-        r1 = {
-            "coded, 2 stragglers": run(client, R, D, it, n_factors=d, n_workers=13, h=3, **late),
-            "uncoded, 2 stragglers": run(
-                client, R, D, it, n_factors=d, n_workers=13, mode="uncoded", **late
-            ),
-            "replication, 2 stragglers": run(
-                client, R, D, it, n_factors=d, n_workers=13, mode="replication", **late
-            ),
-            "coded, no stragglers": run(client, R, D, it, n_factors=d, n_workers=13, h=3),
-        }
-    results["stragglers_W13_h3"] = r1
+        common = dict(n_factors=d, n_workers=13, h=3)
+        results["paper_sizes_W13_h3"] = interleaved(
+            client,
+            R,
+            {
+                "coded, fixed stragglers": {**common, **late},
+                "coded real points, fixed stragglers": {**common, **late, "points": "real"},
+                "coded paper protocol, fixed stragglers": {**common, **late, "protocol": "paper"},
+                "coded, no stragglers": common,
+                "coded real points, no stragglers": {**common, "points": "real"},
+                "uncoded, fixed stragglers": {"n_factors": d, "n_workers": 13, "mode": "uncoded"}
+                | late,
+            },
+            iterations,
+            repeats,
+        )
 
-    # 2. No stragglers, l = 3000, d = 64, W = 12, h = 3.
-    R = data(4000 // scale, 3000 // scale, 100 // scale, seed=1)
-    D = gram_of(R)
-    d = 64 // scale
     with local_cluster(12) as cluster, Client(cluster) as client:
         client.wait_for_workers(12)
-        r2 = {
-            "coded": run(client, R, D, it, n_factors=d, n_workers=12, h=3),
-            "coded, real points": run(
-                client, R, D, it, n_factors=d, n_workers=12, h=3, points="real"
-            ),
-            "uncoded": run(client, R, D, it, n_factors=d, n_workers=12, mode="uncoded"),
-        }
-        results["no_stragglers_l3000_W12_h3"] = r2
-        results["empty_stage_seconds_W12_first11"] = round_trip_floor(client, 12, 11)
-
-        # 3. The master's encode + decode share at l = 6000, d = 64, W = 12.
+        # 2. No stragglers, l = 3000, d = 64, W = 12, h = 3.
+        R = data(4000 // scale, 3000 // scale, 100 // scale, seed=1)
+        d = 64 // scale
+        common = dict(n_factors=d, n_workers=12)
+        results["no_stragglers_l3000_W12_h3"] = interleaved(
+            client,
+            R,
+            {
+                "coded": {**common, "h": 3},
+                "coded real points": {**common, "h": 3, "points": "real"},
+                "coded paper protocol": {**common, "h": 3, "protocol": "paper"},
+                "uncoded": {**common, "mode": "uncoded"},
+            },
+            iterations,
+            repeats,
+        )
+        # 3. A compute-bound size: l = 6000, d = 64 (the workers' products dominate).
         R = data(6000 // scale, 6000 // scale, 100 // scale, seed=2)
-        D = gram_of(R)
-        results["master_share_l6000_W12_h3"] = {
-            "coded": run(client, R, D, it, n_factors=d, n_workers=12, h=3)
-        }
+        results["compute_bound_l6000_W12_h3"] = interleaved(
+            client,
+            R,
+            {
+                "coded": {**common, "h": 3},
+                "coded real points": {**common, "h": 3, "points": "real"},
+                "uncoded": {**common, "mode": "uncoded"},
+            },
+            iterations,
+            repeats,
+        )
+    results["wall_time"] = time.perf_counter() - start
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
@@ -123,6 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    t0 = time.perf_counter()
     main()
-    print(f"wall time {time.perf_counter() - t0:.0f} s")

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from distributed import Client, Future
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
+from threadpoolctl import threadpool_limits
 
 from dask_coded_als import als
 from dask_coded_als.engine import tasks
@@ -178,7 +179,10 @@ class Master:
                 start = 0 if resume is None else resume["iteration"]
                 with self.timings.phase("scatter_data"):
                     self._place(list(range(s.n_workers)), scheme.shard)
-                with self.timings.phase("iterations"):
+                # The master's algebra is small (l x d and d x d); on a machine it shares with
+                # workers, more BLAS threads only contend with them (measured: 3x slower rounds
+                # with 2 threads on 2 cores under 13 workers).
+                with self.timings.phase("iterations"), threadpool_limits(1, user_api="blas"):
                     B, H, n_iter, converged = self._rounds(scheme, B, start)
                 with self.timings.phase("post"):
                     other = self._other_factor(R, H, transposed)
@@ -357,7 +361,7 @@ class Master:
         delays = self.faults.delays(t, spec.stage)
         start = time.perf_counter()
         outcome = self.client.sync(self._exchange, t, spec, number, delays)
-        reports, failed, late, operands, timed_out = outcome
+        reports, failed, late, operands, timed_out, phases = outcome
         seconds = time.perf_counter() - start
         answered = list(reports)
         if not spec.rule.sufficient(answered):
@@ -382,6 +386,9 @@ class Master:
             failed=sorted(failed),
             compute=float(np.median([reports[w].compute_seconds for w in used])),
             cpu_seconds=float(sum(r.cpu_seconds for r in reports.values())),
+            send=_median_step(phases, used, 0),
+            run=_median_step(phases, used, 1),
+            fetch=_median_step(phases, used, 2),
         )
         record.late_cpu_seconds = float(
             sum(r.cpu_seconds for w, r in reports.items() if w not in used)
@@ -401,6 +408,7 @@ class Master:
 
         async def pipeline(w: int) -> tuple[int, Any, BaseException | None]:
             address = self.address[w]
+            clock = phases[w] = [loop.time()]  # start, operands in place, finished, fetched
             try:
                 args = []
                 for item in spec.args(w):
@@ -414,6 +422,7 @@ class Master:
                     else:
                         self.bytes_sent += _nbytes(item)
                         args.append(item)
+                clock.append(loop.time())
                 if over:
                     return w, None, None
                 future = client.submit(
@@ -432,14 +441,18 @@ class Master:
                 )
                 submitted[w] = future
                 await _finished(future)
+                clock.append(loop.time())
                 if over:
                     return w, None, None  # not needed: the answer stays where it is
-                return w, await client.gather(future, direct=True), None
+                report = await client.gather(future, direct=True)
+                clock.append(loop.time())
+                return w, report, None
             except Exception as exc:  # a lost worker shows as many kinds of error
                 return w, None, exc
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.stage_timeout
+        phases: dict[int, list[float]] = {}
         pending = {asyncio.ensure_future(pipeline(w)) for w in spec.workers}
         for task in pending:  # the end of the fit waits (bounded) for the stragglers among them
             self._background.add(task)
@@ -469,7 +482,7 @@ class Master:
         late = [w for w in spec.workers if w not in reports and w not in failed]
         self._stop([w for w in late if w in submitted], stop_key)
         self._pending.update(submitted.values())
-        return reports, failed, late, operands, timed_out
+        return reports, failed, late, operands, timed_out, phases
 
     def _stop(self, workers: list[int], stop_key: str) -> None:
         """Tell the late tasks to stop, without waiting.
@@ -537,6 +550,12 @@ class Master:
         if stopped:
             record.stopped = sorted({*record.stopped, w})
         entry["stages"][name] = record.to_dict()
+
+
+def _median_step(phases: dict[int, list[float]], workers: list[int], step: int) -> float:
+    """Median seconds of one step of the workers' pipelines (0: operands sent, 1: task run as
+    seen from the master, 2: answer fetched)."""
+    return float(np.median([phases[w][step + 1] - phases[w][step] for w in workers]))
 
 
 async def _finished(future: Future) -> None:

@@ -31,6 +31,10 @@ class StageRecord:
         Workers that could not be reached or whose task was lost.
     compute : float
         Median compute seconds (wall, inside the task) of the used workers.
+    send, run, fetch : float
+        Median seconds, over the used workers, of the three steps of an exchange as the master
+        sees them: placing the worker's operands, from submitting its task to learning it
+        finished, and fetching its answer.
     cpu_seconds : float
         Thread CPU seconds of every task of the exchange (the late ones' are added when the fit
         ends).
@@ -44,6 +48,9 @@ class StageRecord:
     failed: list[int]
     compute: float
     cpu_seconds: float
+    send: float = 0.0
+    run: float = 0.0
+    fetch: float = 0.0
     stopped: list[int] = field(default_factory=list)
     late_cpu_seconds: float = 0.0
 

@@ -216,8 +216,20 @@ def _check_results(
         if arr.shape != first_shape or (shape is not None and arr.shape != shape):
             expected = shape if shape is not None else first_shape
             raise ValueError(f"result of worker {w} has shape {arr.shape}, expected {expected}")
-        if not np.all(np.isfinite(arr)):
+
+
+def _check_decoded(decoded: np.ndarray, results: Mapping[int, Any]) -> np.ndarray:
+    """``decoded`` if finite; otherwise the error names a worker whose result was not.
+
+    Checking the (smaller) decoded blocks instead of every result saves a pass over all the
+    answers: a non-finite answer always reaches the decoded values (its weights are nonzero).
+    """
+    if np.all(np.isfinite(decoded)):
+        return decoded
+    for w, value in results.items():
+        if not np.all(np.isfinite(value)):
             raise ValueError(f"result of worker {w} is not finite")
+    raise ValueError("decoding produced values that are not finite")
 
 
 class EntangledPolynomialCode:
@@ -471,6 +483,7 @@ class EntangledPolynomialCode:
         """
         _check_results(results, self.n_workers, self.recovery_threshold, None)
         blocks = self._product_decoder.apply(results, packed=self.complex, real_part=True)
+        blocks = _check_decoded(blocks, results)
         # blocks are ordered k-major: (q * p, rows, cols)
         rows, cols = blocks.shape[1:]
         return (
@@ -484,6 +497,7 @@ class EntangledPolynomialCode:
         :meth:`scale_b`, which give ``B G``)."""
         _check_results(shards, self.n_workers, self.b_threshold, None)
         coefficients = self._b_decoder.apply(shards, packed=self.complex, real_part=False)
+        coefficients = _check_decoded(coefficients, shards)
         # coefficients: (q * r, rows, cols) ordered k-major, j-minor
         rows, cols = coefficients.shape[1:]
         coefficients = coefficients.reshape(self.q, self.r, rows, cols)

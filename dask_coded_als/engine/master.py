@@ -388,7 +388,6 @@ class Master:
             cpu_seconds=float(sum(r.cpu_seconds for r in reports.values())),
             send=_median_step(phases, used, 0),
             run=_median_step(phases, used, 1),
-            fetch=_median_step(phases, used, 2),
         )
         record.late_cpu_seconds = float(
             sum(r.cpu_seconds for w, r in reports.items() if w not in used)
@@ -408,7 +407,7 @@ class Master:
 
         async def pipeline(w: int) -> tuple[int, Any, BaseException | None]:
             address = self.address[w]
-            clock = phases[w] = [loop.time()]  # start, operands in place, finished, fetched
+            clock = phases[w] = [loop.time()]  # start, operands in place, answer fetched
             try:
                 args = []
                 for item in spec.args(w):
@@ -440,10 +439,6 @@ class Master:
                     pure=False,
                 )
                 submitted[w] = future
-                await _finished(future)
-                clock.append(loop.time())
-                if over:
-                    return w, None, None  # not needed: the answer stays where it is
                 report = await client.gather(future, direct=True)
                 clock.append(loop.time())
                 return w, report, None
@@ -487,9 +482,9 @@ class Master:
     def _stop(self, workers: list[int], stop_key: str) -> None:
         """Tell the late tasks to stop, without waiting.
 
-        They are not cancelled: a stopped task ends within one chunk and its pipeline then lets
-        go of it, while cancelling a task whose answer is being fetched makes the scheduler
-        log an error.
+        They are not cancelled: a stopped task ends within one chunk with an empty answer that
+        its pipeline fetches and drops, while cancelling a task whose answer is being fetched
+        makes the scheduler log an error.
         """
         addresses = [self.address[w] for w in workers if self._holds(w)]
         if not addresses:
@@ -553,17 +548,9 @@ class Master:
 
 
 def _median_step(phases: dict[int, list[float]], workers: list[int], step: int) -> float:
-    """Median seconds of one step of the workers' pipelines (0: operands sent, 1: task run as
-    seen from the master, 2: answer fetched)."""
+    """Median seconds of one step of the workers' pipelines (0: operands sent, 1: task run and
+    answer fetched, as seen from the master)."""
     return float(np.median([phases[w][step + 1] - phases[w][step] for w in workers]))
-
-
-async def _finished(future: Future) -> None:
-    """Wait until ``future`` is finished, erred or cancelled, without fetching its value."""
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    future.add_done_callback(lambda _: loop.call_soon_threadsafe(done.set))
-    await done.wait()
 
 
 def _nbytes(value: Any) -> int:

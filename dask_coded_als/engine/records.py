@@ -31,10 +31,10 @@ class StageRecord:
         Workers that could not be reached or whose task was lost.
     compute : float
         Median compute seconds (wall, inside the task) of the used workers.
-    send, run, fetch : float
-        Median seconds, over the used workers, of the three steps of an exchange as the master
-        sees them: placing the worker's operands, from submitting its task to learning it
-        finished, and fetching its answer.
+    send, run : float
+        Median seconds, over the used workers, of the two steps of an exchange as the master
+        sees them: placing the worker's operands, and from submitting its task to holding its
+        answer.
     cpu_seconds : float
         Thread CPU seconds of every task of the exchange (the late ones' are added when the fit
         ends).
@@ -50,7 +50,6 @@ class StageRecord:
     cpu_seconds: float
     send: float = 0.0
     run: float = 0.0
-    fetch: float = 0.0
     stopped: list[int] = field(default_factory=list)
     late_cpu_seconds: float = 0.0
 

@@ -63,6 +63,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _partition(text: str) -> tuple[int, int] | str:
+    """``auto`` or ``P,R`` (two positive integers)."""
+    if text == "auto":
+        return text
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected auto or P,R, got {text!r}")
+    p, r = (_positive_int(part.strip()) for part in parts)
+    return p, r
+
+
 def _fraction(text: str) -> float:
     value = _non_negative_float(text)
     if not 0 < value < 1:
@@ -142,6 +153,7 @@ def _model_from_args(args: argparse.Namespace):
         n_factors=args.factors,
         n_workers=args.workers,
         h=args.h,
+        partition=args.partition,
         n_stragglers=args.stragglers,
         mode=args.mode,
         protocol=args.protocol,
@@ -162,6 +174,7 @@ def _summary(model, store_path: str | None = None) -> dict[str, Any]:
         "store": store_path,
         "mode": model.mode,
         "h": getattr(model, "h_", None),
+        "partition": getattr(model, "partition_", None),
         "n_workers": model.n_workers,
         "n_factors": model.n_factors,
         "iterations": model.n_iter_,
@@ -177,6 +190,7 @@ FINGERPRINT = (
     "factors",
     "workers",
     "h",
+    "partition",
     "stragglers",
     "mode",
     "straggler_model",
@@ -214,7 +228,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     R = stores.ratings_matrix(store)
     model = _model_from_args(args)
     model._settings(R.shape)  # bad options fail before any cluster starts
-    fingerprint = {key: getattr(args, key) for key in FINGERPRINT}
+    # as stored (JSON): a partition (p, r) reads back as a list
+    fingerprint = json.loads(json.dumps({key: getattr(args, key) for key in FINGERPRINT}))
     resume = _resume_state(store, fingerprint) if args.resume else None
     if resume is not None:
         print(f"resuming from the checkpoint at iteration {resume['iteration']}", file=sys.stderr)
@@ -577,6 +592,13 @@ def _add_fit_options(p: argparse.ArgumentParser, factors_required: bool = True) 
     p.add_argument("--workers", type=_positive_int, default=8, metavar="W")
     p.add_argument("--stragglers", type=_non_negative_int, default=0, metavar="S")
     p.add_argument("--h", type=_positive_int, default=None, metavar="H")
+    p.add_argument(
+        "--partition",
+        type=_partition,
+        default=None,
+        metavar="P,R",
+        help="the code: D's rows split P ways, its contraction R ways (or auto)",
+    )
     p.add_argument("--mode", choices=MODES, default="coded")
     p.add_argument(
         "--protocol",

@@ -27,6 +27,7 @@ planes), so everything that crosses the network is plain contiguous float64.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -37,6 +38,7 @@ import scipy.linalg
 from dask_coded_als.points import evaluation_points
 
 __all__ = [
+    "partition",
     "EntangledPolynomialCode",
     "ALSCode",
     "NumericalWarning",
@@ -53,6 +55,25 @@ GEMM_CONDITION_LIMIT = 1e5
 
 class NumericalWarning(UserWarning):
     """A decode whose estimated relative error exceeds :data:`ERROR_WARNING_LEVEL`."""
+
+
+def partition(h: int | tuple[int, int]) -> tuple[int, int]:
+    """``(p, r)`` from h (the paper's ``(h, h)``) or from a pair ``(p, r)`` of positive integers.
+
+    Examples
+    --------
+    >>> partition(3), partition((11, 1))
+    ((3, 3), (11, 1))
+    """
+    pair = (h, h) if isinstance(h, (int, np.integer)) else h
+    try:
+        p, r = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"h must be a positive integer or a pair (p, r), got {h!r}") from None
+    for name, value in (("p", p), ("r", r)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r} (from {h!r})")
+    return int(p), int(r)
 
 
 class _Plan(NamedTuple):
@@ -92,6 +113,19 @@ def matmul_t(
         if interrupt is not None and interrupt():
             return None
         np.matmul(a[:, c : c + step].T, b, out=out[c : c + step])
+    return out
+
+
+def _matmul_t_planes(
+    a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """``a^T b`` for a packed complex ``a`` and a real ``b``: two real products."""
+    out = np.empty((2, a.shape[2], b.shape[1]))
+    for plane in (0, 1):
+        part = matmul_t(a[plane], b, interrupt)
+        if part is None:
+            return None
+        out[plane] = part
     return out
 
 
@@ -248,6 +282,13 @@ class EntangledPolynomialCode:
     points : {"circle", "real"}, array-like or None
         Evaluation points, see :func:`dask_coded_als.points.evaluation_points`. The default
         (points on the unit circle) decodes stably; ``"real"`` is the paper's real-valued code.
+    pairing : {"contraction", "output"} or None
+        On the circle, which real blocks are paired into complex ones. ``"contraction"`` (the
+        default): halves of the shared dimension, for every p, q, r; a worker's product costs
+        1.5x the real code's multiply-adds. ``"output"``: neighbouring column blocks of A, for
+        the MDS-coded row split (``q = r = 1``), where B needs no encoding and stays real, so a
+        worker's product costs what the real code's does (two real products of half the
+        width) with the same storage, threshold and conditioning.
 
     Examples
     --------
@@ -269,6 +310,7 @@ class EntangledPolynomialCode:
         r: int,
         n_workers: int,
         points: str | Sequence[complex] | None = None,
+        pairing: str | None = None,
     ):
         for name, value in (("p", p), ("q", q), ("r", r)):
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -281,6 +323,12 @@ class EntangledPolynomialCode:
                 f"recovery threshold {self.recovery_threshold} exceeds n_workers={n_workers}"
             )
         self.complex = np.iscomplexobj(self.points)
+        if pairing not in (None, "contraction", "output"):
+            raise ValueError(f"pairing must be 'contraction' or 'output', got {pairing!r}")
+        if pairing == "output" and not (self.complex and self.q == 1 and self.r == 1):
+            raise ValueError("pairing='output' needs points on the circle and q = r = 1")
+        #: the output blocks of A are paired (B is then sent as it is)
+        self.pairs_output = pairing == "output"
         self._offset = 0 if self.complex else self.r - 1
         j = np.arange(self.r)
         # Exponents of the product polynomial, lowest first, and where the blocks C[i, k] sit.
@@ -300,6 +348,8 @@ class EntangledPolynomialCode:
             [self._offset - jj + k * self.r * self.p for k in range(self.q) for jj in j]
         )
         span = np.arange(b_exponents.min(), b_exponents.max() + 1)
+        if self.pairs_output:
+            span = np.zeros(1, dtype=int)  # B is not encoded: any one shard is B itself
         self._b_decoder = _Decoder(self.points, span, b_exponents - span[0])
 
     # -- properties ---------------------------------------------------------------------------
@@ -316,8 +366,14 @@ class EntangledPolynomialCode:
 
     @property
     def contraction_blocks(self) -> int:
-        """How many blocks the shared dimension N is cut into (2r on the circle, r otherwise)."""
-        return 2 * self.r if self.complex else self.r
+        """How many blocks the shared dimension N is cut into (2r when the circle pairs
+        contraction blocks, r otherwise)."""
+        return 2 * self.r if self.complex and not self.pairs_output else self.r
+
+    @property
+    def output_blocks(self) -> int:
+        """How many column blocks A is cut into (2p when its output blocks are paired, else p)."""
+        return 2 * self.p if self.pairs_output else self.p
 
     def estimated_error(self, workers: Sequence[int]) -> float:
         """Relative decoding error to expect from these workers (condition number x epsilon)."""
@@ -382,15 +438,18 @@ class EntangledPolynomialCode:
         blocks with all workers' coefficients, for small matrices encoded every iteration).
 
         On the circle block ``(j, i)`` stands for ``top + 1j bottom`` (``top - 1j bottom`` when
-        ``conjugate``), with top = block(j, i), bottom = block(j + r, i); the shard is returned
-        as packed real and imaginary planes.
+        ``conjugate``), with top = block(j, i), bottom = block(j + r, i) (with output pairing:
+        block(j, 2i) and block(j, 2i + 1)); the shard is returned as packed real and imaginary
+        planes.
         """
         workers = range(self.n_workers) if workers is None else workers
         block, shape = blocks
-        r, n_cols = exponents.shape
+        if self.complex:
+            block = self._paired(block, exponents.shape[0])
         sign = -1.0 if conjugate else 1.0
         if dense:
             return self._encode_dense(block, shape, exponents, workers, sign)
+        r, n_cols = exponents.shape
         shards = []
         for w in workers:
             coefficients = self.points[w] ** exponents  # (r, n_cols)
@@ -405,12 +464,20 @@ class EntangledPolynomialCode:
             for j in range(r):
                 for i in range(n_cols):
                     c = coefficients[j, i]
-                    top, bottom = block(j, i), block(j + r, i)
+                    top, bottom = block(j, i)
                     # (c.re + 1j c.im) (top + 1j sign bottom)
                     planes[0] += c.real * top - (sign * c.imag) * bottom
                     planes[1] += c.imag * top + (sign * c.real) * bottom
             shards.append(planes)
         return shards
+
+    def _paired(
+        self, block: Callable[[int, int], np.ndarray], r: int
+    ) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+        """The (top, bottom) real blocks that make complex block (j, i) on the circle."""
+        if self.pairs_output:
+            return lambda j, i: (block(j, 2 * i), block(j, 2 * i + 1))
+        return lambda j, i: (block(j, i), block(j + r, i))
 
     def _encode_dense(
         self,
@@ -423,7 +490,9 @@ class EntangledPolynomialCode:
         r, n_cols = exponents.shape
         pairs = [(j, i) for j in range(r) for i in range(n_cols)]
         if self.complex:
-            stacked = np.stack([block(j, i) + (1j * sign) * block(j + r, i) for j, i in pairs])
+            stacked = np.stack(
+                [top + (1j * sign) * bot for top, bot in (block(*ji) for ji in pairs)]
+            )
         else:
             stacked = np.stack([block(j, i) for j, i in pairs])
         flat_exponents = np.array([exponents[j, i] for j, i in pairs])
@@ -441,13 +510,17 @@ class EntangledPolynomialCode:
     ) -> list[np.ndarray]:
         """Encoded ``A`` for every worker (or for ``workers``), in worker order. With
         ``pad_to``, A is taken as zero-extended to that shape (no copy)."""
-        blocks = self._blocks(A, self.p, "A", pad_to)
+        blocks = self._blocks(A, self.output_blocks, "A", pad_to)
         j, i = np.meshgrid(np.arange(self.r), np.arange(self.p), indexing="ij")
         return self._encode(blocks, j + i * self.r, workers)
 
     def encode_b(self, B: np.ndarray, workers: Sequence[int] | None = None) -> list[np.ndarray]:
-        """Encoded ``B`` for every worker (or for ``workers``), in worker order."""
+        """Encoded ``B`` for every worker (or for ``workers``), in worker order (with output
+        pairing, B itself for every worker)."""
         blocks = self._blocks(B, self.q, "B")
+        if self.pairs_output:
+            B = np.asarray(B, dtype=np.float64)
+            return [B] * len(range(self.n_workers) if workers is None else workers)
         j, k = np.meshgrid(np.arange(self.r), np.arange(self.q), indexing="ij")
         exponents = self._offset - j + k * self.r * self.p
         # On the circle b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j).
@@ -466,6 +539,8 @@ class EntangledPolynomialCode:
         Computed in chunks; when ``interrupt`` is given and returns True between two chunks the
         computation stops and returns None.
         """
+        if self.pairs_output:
+            return _matmul_t_planes(a_shard, b_shard, interrupt)
         if self.complex:
             return _matmul_t_packed(a_shard, b_shard, interrupt)
         return matmul_t(a_shard, b_shard, interrupt)
@@ -482,6 +557,12 @@ class EntangledPolynomialCode:
         With more results than the threshold, all of them are used (least squares).
         """
         _check_results(results, self.n_workers, self.recovery_threshold, None)
+        if self.pairs_output:
+            # complex block i holds the real blocks 2i (real part) and 2i + 1 (imaginary part)
+            paired = self._product_decoder.apply(results, packed=True, real_part=False)
+            paired = _check_decoded(paired, results)
+            rows, cols = paired.shape[1:]
+            return np.stack([paired.real, paired.imag], axis=1).reshape(2 * self.p * rows, cols)
         blocks = self._product_decoder.apply(results, packed=self.complex, real_part=True)
         blocks = _check_decoded(blocks, results)
         # blocks are ordered k-major: (q * p, rows, cols)
@@ -496,6 +577,8 @@ class EntangledPolynomialCode:
         """``B`` from any :attr:`b_threshold` encoded ``B`` shards (e.g. the results of
         :meth:`scale_b`, which give ``B G``)."""
         _check_results(shards, self.n_workers, self.b_threshold, None)
+        if self.pairs_output:
+            return _check_decoded(np.asarray(next(iter(shards.values()))), shards)
         coefficients = self._b_decoder.apply(shards, packed=self.complex, real_part=False)
         coefficients = _check_decoded(coefficients, shards)
         # coefficients: (q * r, rows, cols) ordered k-major, j-minor
@@ -509,18 +592,22 @@ class EntangledPolynomialCode:
 
 
 class ALSCode:
-    """The codes of one coded-ALS iteration (the paper's Sec. III-C) for ``h x h`` blocks of D.
+    """The codes of one coded-ALS iteration (the paper's Sec. III-C) for a partition of D.
 
-    Stage 1 decodes ``E = D B`` from any ``h^2 + h - 1`` workers (an entangled code with
-    ``p = r = h, q = 1``), stages 2 and 3 decode ``F = B^T B`` and ``S = B^T E`` from any
-    ``2h - 1`` (``p = q = 1, r = h``), stage 4 decodes ``B+ = E G`` from any ``h``.
+    The paper splits D into ``h x h`` blocks. More generally D's output rows are split p ways
+    and its contraction (and B) r ways, ``partition=(p, r)``: stage 1 decodes ``E = D B`` from
+    any ``p r + r - 1`` workers (an entangled code with ``q = 1``), stages 2 and 3 decode
+    ``F = B^T B`` and ``S = B^T E`` from any ``2r - 1`` (``p = q = 1``), stage 4 decodes
+    ``B+ = E G`` from any ``r``. ``h`` stands for ``(h, h)``; ``(k, 1)`` is the MDS-coded row
+    split, whose stage-1 product on the circle pairs output blocks and so costs what the real
+    code's does (see :class:`EntangledPolynomialCode`).
 
     Parameters
     ----------
-    h : int
-        Number of block rows (and columns) of D.
+    h : int or (int, int)
+        h (the paper's h x h blocks) or the partition (p, r).
     n_workers : int
-        Number of workers W, at least ``h^2 + h - 1``.
+        Number of workers W, at least the recovery threshold ``p r + r - 1``.
     points : {"circle", "real"}, array-like or None
         Evaluation points; see :class:`EntangledPolynomialCode`.
 
@@ -541,21 +628,40 @@ class ALSCode:
     >>> E = code.decode_stage1({w: code.stage1(data[w], factor[w]) for w in (0, 2, 3, 4, 6)})
     >>> np.allclose(E, D @ B)
     True
+    >>> mds = ALSCode((3, 1), n_workers=5)  # any 3 of 5 workers decode E
+    >>> operand = mds.encode_operand(B)
+    >>> shards = mds.encode_data(D)
+    >>> E = mds.decode_stage1({w: mds.product(shards[w], operand[w]) for w in (1, 2, 4)})
+    >>> np.allclose(E, D @ B)
+    True
     """
 
-    def __init__(self, h: int, n_workers: int, points: str | Sequence[complex] | None = None):
-        if not isinstance(h, (int, np.integer)) or h < 1:
-            raise ValueError(f"h must be a positive integer, got {h!r}")
-        self.h = int(h)
+    def __init__(
+        self,
+        h: int | tuple[int, int],
+        n_workers: int,
+        points: str | Sequence[complex] | None = None,
+    ):
+        p, r = partition(h)
+        self.p, self.r = p, r
+        #: the paper's h (None for a partition with p != r)
+        self.h = p if p == r else None
         self.n_workers = int(n_workers)
-        self.product_code = EntangledPolynomialCode(h, 1, h, n_workers, points)
-        self.gram_code = EntangledPolynomialCode(1, 1, h, n_workers, points)
+        self.gram_code = EntangledPolynomialCode(1, 1, r, n_workers, points)
+        self.complex = self.gram_code.complex
+        # With r = 1 on the circle B needs no encoding: pair output blocks instead (1x cost).
+        pairing = "output" if self.complex and r == 1 else None
+        self.product_code = EntangledPolynomialCode(p, 1, r, n_workers, points, pairing)
         self.points = self.product_code.points
-        self.complex = self.product_code.complex
+
+    @property
+    def partition(self) -> tuple[int, int]:
+        """(p, r): D's output rows split p ways, its contraction r ways."""
+        return self.p, self.r
 
     @property
     def recovery_threshold(self) -> int:
-        """Workers needed per iteration: ``h^2 + h - 1`` (Lemma 2)."""
+        """Workers needed per iteration: ``p r + r - 1`` (``h^2 + h - 1``, Lemma 2)."""
         return self.product_code.recovery_threshold
 
     @property
@@ -570,8 +676,9 @@ class ALSCode:
 
     @property
     def block_multiple(self) -> int:
-        """D's side must be a multiple of this (2h on the circle, h with real points)."""
-        return self.product_code.contraction_blocks
+        """D's side must be a multiple of this: of its contraction blocks and of its output
+        blocks (2h for h x h on the circle, h with real points)."""
+        return math.lcm(self.product_code.contraction_blocks, self.product_code.output_blocks)
 
     def padded_size(self, size: int) -> int:
         """Smallest multiple of :attr:`block_multiple` that is at least ``size``."""
@@ -594,6 +701,13 @@ class ALSCode:
         right = self.gram_code.encode_b(B)
         return [np.stack([fl, fr]) for fl, fr in zip(left, right, strict=True)]
 
+    def encode_operand(
+        self, B: np.ndarray, workers: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
+        """Per-worker operand of :meth:`product`: ``f_R(B, x_w)`` (B itself when the stage-1
+        code pairs output blocks)."""
+        return self.product_code.encode_b(B, workers)
+
     def encode_right(self, M: np.ndarray) -> list[np.ndarray]:
         """Per-worker ``f_R(M, x_w)``: the operand of :meth:`product` (``M = B``), of stage 3
         (``M = E``) and of stage 4 (``M = E`` or ``B``)."""
@@ -612,16 +726,24 @@ class ALSCode:
     def product(
         self,
         data_shard: np.ndarray,
-        right_shard: np.ndarray,
+        operand: np.ndarray,
         interrupt: Callable[[], bool] | None = None,
     ) -> np.ndarray | None:
-        """``D~(x_w) f_R(B, x_w)``, the costly product, from ``f_R`` alone; computed in chunks
-        and None if ``interrupt()`` turns true between two of them."""
-        return self.product_code.compute(data_shard, right_shard, interrupt)
+        """``D~(x_w) f_R(B, x_w)``, the costly product, from the operand of
+        :meth:`encode_operand`; computed in chunks and None if ``interrupt()`` turns true
+        between two of them."""
+        return self.product_code.compute(data_shard, operand, interrupt)
+
+    def _operand(self, factor_shard: np.ndarray) -> np.ndarray:
+        """The stage-1 operand from a factor shard."""
+        if self.product_code.pairs_output:
+            # r = 1: f_L(B, x) = B_top + 1j B_bottom at every point, so its planes are B.
+            return np.concatenate([factor_shard[0], factor_shard[1]])
+        return self._left_right(factor_shard)[1]
 
     def stage1(self, data_shard: np.ndarray, factor_shard: np.ndarray) -> np.ndarray:
         """``D~(x_w) f_R(B, x_w)`` from a factor shard (see :meth:`product`)."""
-        return self.product(data_shard, self._left_right(factor_shard)[1])
+        return self.product(data_shard, self._operand(factor_shard))
 
     def stage1_and_2(
         self,
@@ -631,11 +753,10 @@ class ALSCode:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The paper's step 1: ``D~(x_w) f_R(B, x_w)`` and ``f_L(B, x_w)^T f_R(B, x_w)``
         together (None if interrupted)."""
-        left, right = self._left_right(factor_shard)
-        product = self.product(data_shard, right, interrupt)
+        product = self.product(data_shard, self._operand(factor_shard), interrupt)
         if product is None:
             return None
-        return product, self.gram_code.compute(left, right)
+        return product, self.gram_code.compute(*self._left_right(factor_shard))
 
     def stage2(self, factor_shard: np.ndarray) -> np.ndarray:
         """``f_L(B, x_w)^T f_R(B, x_w)``."""

@@ -28,9 +28,15 @@ from scipy.stats import norm
 
 __all__ = [
     "ROYSTON_ALPHA",
+    "ClusterRates",
+    "ExchangeTime",
     "StageTime",
     "best_h",
     "choose_h",
+    "choose_partition",
+    "expected_exchange_time",
+    "feasible_partitions",
+    "partition_threshold",
     "expected_iteration_time",
     "expected_order_statistic",
     "expected_stage_times",
@@ -494,3 +500,191 @@ def choose_h(
         for h in range(1, h_max + 1)
     }
     return min(times, key=lambda h: (times[h], -h))
+
+
+# ---- the code family: choosing the partition (p, r) ---------------------------------------------
+
+
+def partition_threshold(p: int, r: int) -> int:
+    """Recovery threshold ``p r + r - 1`` of E = D B with D's output rows split p ways and its
+    contraction (and B) r ways; ``(h, h)`` gives :func:`recovery_threshold`.
+
+    Examples
+    --------
+    >>> partition_threshold(3, 3), partition_threshold(11, 1), partition_threshold(5, 2)
+    (11, 11, 11)
+    """
+    p = _as_int(p, "p", 1)
+    r = _as_int(r, "r", 1)
+    return p * r + r - 1
+
+
+def feasible_partitions(n_workers: int, n_stragglers: int) -> list[tuple[int, int]]:
+    """Every (p, r) whose threshold tolerates ``n_stragglers`` of ``n_workers``, by r then p.
+
+    Examples
+    --------
+    >>> [pr for pr in feasible_partitions(13, 2) if pr[0] * pr[1] >= 9]
+    [(9, 1), (10, 1), (11, 1), (5, 2), (3, 3)]
+    """
+    k = _non_stragglers(n_workers, n_stragglers)
+    return [
+        (p, r)
+        for r in range(1, (k + 1) // 2 + 1)
+        for p in range(1, k + 1)
+        if partition_threshold(p, r) <= k
+    ]
+
+
+@dataclass(frozen=True)
+class ClusterRates:
+    """What the partition model needs to know about a cluster.
+
+    Attributes
+    ----------
+    op_mean, op_std : float
+        Mean and standard deviation of the time of one multiply-add of a worker's product (a
+        task of N of them takes N op_mean on average, with standard deviation sqrt(N) op_std,
+        as in Appendix A).
+    bandwidth : float
+        Bytes per second between the master and the workers, shared by all of them.
+    latency : float
+        Seconds of one exchange that moves and computes nothing (messages, scheduling).
+    concurrency : float or None
+        How many tasks the workers run at once (the cores they share); None: one core each.
+    """
+
+    op_mean: float
+    op_std: float
+    bandwidth: float
+    latency: float
+    concurrency: float | None = None
+
+
+@dataclass(frozen=True)
+class ExchangeTime:
+    """Modelled seconds of one iteration's exchange for a partition, by part."""
+
+    partition: tuple[int, int]
+    threshold: int
+    upload: float
+    compute: float
+    download: float
+    decode: float
+    latency: float
+
+    @property
+    def total(self) -> float:
+        return self.latency + self.upload + self.compute + self.download + self.decode
+
+
+def _arithmetic_factor(r: int, circle: bool) -> float:
+    # On the circle a product of two paired operands is three real GEMMs of half the inner
+    # dimension (1.5x); with r = 1 the output blocks are paired instead and B stays real (1x).
+    return 1.5 if circle and r > 1 else 1.0
+
+
+def expected_exchange_time(
+    partition: tuple[int, int],
+    n_workers: int,
+    n_stragglers: int,
+    size: int,
+    n_factors: int,
+    rates: ClusterRates,
+    circle: bool = True,
+) -> ExchangeTime:
+    """Model the time of one iteration of the fast protocol for a partition (p, r).
+
+    With l = ``size``, d = ``n_factors``, K = p r + r - 1 and 8-byte values:
+
+    - upload: the master sends every one of the W workers its operand of (l / r) d values
+      over its link, W (l / r) d 8 / bandwidth;
+    - compute: a worker's product is N = a l^2 d / (p r) multiply-adds (a = 1.5 for paired
+      complex operands, 1 for real ones or r = 1 on the circle); the exchange waits for the K-th
+      fastest of the W - s non-stragglers (Royston's approximation, as in Appendix A) or, when
+      the workers share fewer cores than there are tasks, for all tasks to share them
+      (W N op_mean / concurrency, when that is larger);
+    - download: K answers of (l / p) d values (twice that for paired complex operands);
+    - decode: about 2 K l d multiply-adds at the master (at op_mean);
+    - latency: one exchange's fixed cost.
+
+    Parameters
+    ----------
+    partition : (int, int)
+        (p, r).
+    n_workers, n_stragglers : int
+        W and s; the partition must tolerate s.
+    size, n_factors : int
+        l and d.
+    rates : ClusterRates
+    circle : bool
+        Points on the unit circle (the default code) or real points.
+
+    Returns
+    -------
+    ExchangeTime
+
+    Examples
+    --------
+    >>> rates = ClusterRates(op_mean=1e-9, op_std=0.0, bandwidth=1e9, latency=0.01)
+    >>> t = expected_exchange_time((3, 3), 13, 2, 1500, 200, rates)
+    >>> round(t.upload, 4), round(t.compute, 4)
+    (0.0104, 0.075)
+    """
+    p, r = (_as_int(x, name, 1) for x, name in zip(partition, ("p", "r"), strict=True))
+    k = _non_stragglers(n_workers, n_stragglers)
+    threshold = partition_threshold(p, r)
+    if threshold > k:
+        raise ValueError(
+            f"partition ({p}, {r}) needs {threshold} answers but only {k} of {n_workers} workers "
+            f"answer with {n_stragglers} stragglers"
+        )
+    size = _as_int(size, "size", 1)
+    d = _as_int(n_factors, "n_factors", 1)
+    n_ops = _arithmetic_factor(r, circle) * size * size * d / (p * r)
+    compute = expected_order_statistic(
+        threshold, k, n_ops * rates.op_mean, math.sqrt(n_ops) * rates.op_std
+    )
+    if rates.concurrency is not None and rates.concurrency < n_workers:
+        compute = max(compute, n_workers * n_ops * rates.op_mean / rates.concurrency)
+    answer_values = size * d / p * (2 if circle and r > 1 else 1)
+    return ExchangeTime(
+        partition=(p, r),
+        threshold=threshold,
+        upload=n_workers * size * d / r * 8 / rates.bandwidth,
+        compute=compute,
+        download=threshold * answer_values * 8 / rates.bandwidth,
+        decode=2 * threshold * size * d * rates.op_mean,
+        latency=rates.latency,
+    )
+
+
+def choose_partition(
+    n_workers: int,
+    n_stragglers: int,
+    size: int,
+    n_factors: int,
+    rates: ClusterRates,
+    circle: bool = True,
+) -> tuple[int, int]:
+    """The feasible (p, r) with the least modelled iteration time (:func:`expected_exchange_time`).
+
+    Compute-bound clusters (fast links, slow or shared cores) favour small r, which gives each
+    worker the least work for a threshold; bandwidth-bound ones favour larger r, whose operands
+    are smaller (the answers grow as 1/p, so the square split is not always the smallest
+    exchange). Ties go to the smaller threshold.
+
+    Examples
+    --------
+    >>> compute_bound = ClusterRates(op_mean=1e-9, op_std=0.0, bandwidth=1e10, latency=0.01)
+    >>> choose_partition(13, 2, 1500, 200, compute_bound)
+    (11, 1)
+    >>> slow_link = ClusterRates(op_mean=1e-11, op_std=0.0, bandwidth=1e7, latency=0.01)
+    >>> choose_partition(13, 2, 1500, 200, slow_link)
+    (5, 2)
+    """
+    times = {
+        pr: expected_exchange_time(pr, n_workers, n_stragglers, size, n_factors, rates, circle)
+        for pr in feasible_partitions(n_workers, n_stragglers)
+    }
+    return min(times, key=lambda pr: (times[pr].total, times[pr].threshold))

@@ -56,6 +56,14 @@ def scheduler_args(client) -> list[str]:
     return ["--scheduler", client.scheduler.address]
 
 
+def test_fit_with_a_partition_and_the_paper_protocol(sample_store, client, capsys):
+    argv = ["fit", str(sample_store), "--factors", "4", "--iterations", "2", "--json"]
+    for options, partition in ((["--partition", "7,1"], [7, 1]), (["--protocol", "paper"], [2, 2])):
+        assert main([*argv, *options, *scheduler_args(client)]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["partition"] == partition and summary["iterations"] == 2
+
+
 def test_fit_recommend_similar(sample_store, client, capsys):
     code = main(
         [

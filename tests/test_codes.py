@@ -322,3 +322,67 @@ def test_circle_factor_shard_carries_half_the_upload():
     code, real = ALSCode(2, 5), ALSCode(2, 5, "real")
     B = np.ones((8, 3))
     assert code.encode_factor(B)[0].size * 2 == real.encode_factor(B)[0].size
+
+
+# ---- the code family: partitions (p, r) and output pairing --------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 2, 5])
+def test_output_pairing_decodes_from_any_p_answers_at_the_real_cost(p):
+    rng = np.random.default_rng(p)
+    W = p + 3
+    code = EntangledPolynomialCode(p, 1, 1, W, pairing="output")
+    real = EntangledPolynomialCode(p, 1, 1, W, "real")
+    A = rng.standard_normal((12, 2 * p * 3))
+    B = rng.standard_normal((12, 4))
+    shards, operands = code.encode_a(A), code.encode_b(B)
+    # B travels as it is, and a shard holds what the real code's does
+    assert all(o is not None and np.array_equal(o, B) for o in operands)
+    assert shards[0].size == real.encode_a(A)[0].size
+    for subset in subsets(W, p, rng):
+        answers = {w: code.compute(shards[w], operands[w]) for w in subset}
+        assert rel_err(code.decode(answers), A.T @ B) < 1e-12
+    # two real products of half the width: the real code's multiply-adds
+    assert code.compute(shards[0], B).shape == (2, A.shape[1] // (2 * p), 4)
+
+
+def test_output_pairing_needs_the_circle_and_q_r_one():
+    for args, kwargs in (
+        ((2, 1, 1, 6, "real"), {}),
+        ((2, 1, 2, 8), {}),
+        ((2, 2, 1, 8), {}),
+    ):
+        with pytest.raises(ValueError, match="pairing='output' needs"):
+            EntangledPolynomialCode(*args, pairing="output", **kwargs)
+
+
+@pytest.mark.parametrize("points", [None, "real"])
+@pytest.mark.parametrize("partition", [(1, 1), (4, 1), (11, 1), (3, 2), (5, 2), (1, 3), (3, 3)])
+def test_every_partition_decodes_e_from_any_threshold_answers(points, partition):
+    p, r = partition
+    rng = np.random.default_rng(p * 10 + r)
+    W = p * r + r - 1 + 2
+    code = ALSCode(partition, W, points)
+    assert code.partition == partition and code.recovery_threshold == p * r + r - 1
+    assert code.h == (p if p == r else None)
+    size = code.padded_size(3 * code.block_multiple + 1)
+    assert size % code.block_multiple == 0
+    R = rng.standard_normal((2 * size, size))
+    D, B = R.T @ R, rng.standard_normal((size, 3))
+    shards, operand = code.encode_data(D), code.encode_operand(B)
+    factor = code.encode_factor(B)
+    for subset in list(subsets(W, code.recovery_threshold, rng, n_random=5))[:8]:
+        E = code.decode_stage1({w: code.product(shards[w], operand[w]) for w in subset})
+        assert rel_err(E, D @ B) < (1e-10 if points is None else 1e-8)
+        # the paper's step 1 from factor shards gives the same E and F = B^T B
+        both = {w: code.stage1_and_2(shards[w], factor[w]) for w in subset}
+        assert rel_err(code.decode_stage1({w: v[0] for w, v in both.items()}), D @ B) < 1e-8
+        assert rel_err(code.decode_stage2({w: v[1] for w, v in both.items()}), B.T @ B) < 1e-8
+
+
+def test_partition_parses_h_and_pairs():
+    assert codes_module.partition(4) == (4, 4)
+    assert codes_module.partition((11, 1)) == (11, 1)
+    for bad in (0, (2,), (2, 0), "3,3", (1.5, 2), True):
+        with pytest.raises(ValueError):
+            codes_module.partition(bad)

@@ -78,6 +78,61 @@ def test_coded_fit_equals_reference_als(client, protocol, shape, h, regularizati
     )
 
 
+@pytest.mark.parametrize("shape", [(50, 37), (29, 52)])
+@pytest.mark.parametrize("partition", [(1, 1), (7, 1), (3, 2), (1, 3), (1, 4)])
+def test_every_partition_gives_the_reference_iterates(client, shape, partition):
+    R = low_rank(*shape, seed=13)
+    reference = fit_als(R, 3, max_iter=4, tol=0, seed=2)
+    model = CodedALS(
+        3, n_workers=N_WORKERS, n_stragglers=1, partition=partition, max_iter=4, tol=0, seed=2
+    ).fit(R, client=client)
+    assert model.partition_ == partition
+    assert model.h_ == (partition[0] if partition[0] == partition[1] else None)
+    assert product_gap(model, reference) < 1e-9
+    p, r = partition
+    assert all(len(e["stages"]["E"]["used"]) == p * r + r - 1 for e in model.history_)
+
+
+@pytest.mark.parametrize("partition", [(7, 1), (3, 2), (1, 3)])
+def test_the_paper_protocol_on_other_partitions(client, partition):
+    R = low_rank(50, 37, seed=15)
+    reference = fit_als(R, 3, max_iter=3, tol=0, seed=2, regularization=0.2)
+    model = CodedALS(
+        3,
+        n_workers=N_WORKERS,
+        partition=partition,
+        protocol="paper",
+        max_iter=3,
+        tol=0,
+        seed=2,
+        regularization=0.2,
+    ).fit(R, client=client)
+    assert product_gap(model, reference) < 1e-9
+
+
+@pytest.mark.parametrize("points", [None, "real"])
+def test_partition_auto_measures_the_cluster_and_picks_a_feasible_member(client, points):
+    R = low_rank(60, 44, seed=14)
+    reference = fit_als(R, 4, max_iter=3, tol=0, seed=1)
+    model = CodedALS(
+        4,
+        n_workers=N_WORKERS,
+        n_stragglers=2,
+        partition="auto",
+        points=points,
+        max_iter=3,
+        tol=0,
+        seed=1,
+    ).fit(R, client=client)
+    assert product_gap(model, reference) < 1e-9
+    p, r = model.partition_
+    assert p * r + r - 1 + 2 <= N_WORKERS
+    rates = model.rates_
+    assert rates.op_mean > 0 and rates.bandwidth > 0 and rates.latency > 0
+    assert 1 <= rates.concurrency <= N_WORKERS
+    assert "calibration" in model.timings_
+
+
 @pytest.mark.parametrize("protocol", ["fast", "paper"])
 @pytest.mark.parametrize(
     "straggler_model,n_stragglers,delay",
@@ -394,6 +449,10 @@ def test_own_local_cluster_when_no_client():
     "kwargs,message",
     [
         (dict(h=3), "h=3 needs 11 answering workers"),
+        (dict(partition=(4, 2)), r"partition=\(4, 2\) needs 9 answering workers"),
+        (dict(partition=(2, 0)), "r must be a positive integer"),
+        (dict(partition="best"), "partition must be 'auto' or a pair"),
+        (dict(h=2, partition=(2, 2)), "give h or partition, not both"),
         (dict(n_stragglers=8), "n_stragglers=8 must be smaller than n_workers=8"),
         (dict(n_stragglers=-1), "n_stragglers must be >= 0"),
         (dict(mode="fast"), "mode must be one of"),

@@ -11,13 +11,18 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 from dask_coded_als.theory import (
+    ClusterRates,
     StageTime,
     best_h,
     choose_h,
+    choose_partition,
+    expected_exchange_time,
     expected_iteration_time,
     expected_order_statistic,
     expected_stage_times,
+    feasible_partitions,
     paper_h_star,
+    partition_threshold,
     recovery_threshold,
     redundancy,
     threshold_from_redundancy,
@@ -510,3 +515,54 @@ def test_choose_h_below_best_h_when_order_statistic_penalty_dominates() -> None:
     # The simulation agrees that h = 5 is faster than h = 6.
     simulated = {h: sum(monte_carlo_stage_times(h, *args).values()) for h in (5, 6)}
     assert simulated[5] < simulated[6]
+
+
+# ---- the code family: partitions and the exchange-time model -----------------------------------
+
+
+def test_partition_threshold_of_the_square_split_is_lemma_2() -> None:
+    for h in range(1, 12):
+        assert partition_threshold(h, h) == recovery_threshold(h)
+    assert partition_threshold(11, 1) == 11  # the MDS row split: K = p
+
+
+@pytest.mark.parametrize(("n_workers", "n_stragglers"), [(13, 2), (8, 0), (20, 5), (1, 0)])
+def test_feasible_partitions_are_exactly_those_that_tolerate_s(n_workers, n_stragglers) -> None:
+    k = n_workers - n_stragglers
+    brute = {(p, r) for p in range(1, 50) for r in range(1, 50) if p * r + r - 1 <= k}
+    assert set(feasible_partitions(n_workers, n_stragglers)) == brute
+
+
+def test_exchange_time_parts_scale_as_the_model_says() -> None:
+    rates = ClusterRates(op_mean=1e-9, op_std=0.0, bandwidth=1e8, latency=0.02)
+    base = expected_exchange_time((2, 2), 13, 2, 1200, 64, rates, circle=False)
+    wide = expected_exchange_time((4, 2), 13, 2, 1200, 64, rates, circle=False)
+    tall = expected_exchange_time((2, 4), 20, 2, 1200, 64, rates, circle=False)
+    assert wide.compute == pytest.approx(base.compute / 2)  # work l^2 d / (p r)
+    assert wide.upload == pytest.approx(base.upload)  # operand l d / r
+    assert tall.upload == pytest.approx(base.upload * 20 / 13 / 2)
+    assert base.latency == 0.02 and base.total > base.compute
+    circle = expected_exchange_time((2, 2), 13, 2, 1200, 64, rates)
+    assert circle.compute == pytest.approx(1.5 * base.compute)  # paired operands
+    mds = expected_exchange_time((4, 1), 13, 2, 1200, 64, rates)
+    assert mds.compute == pytest.approx(
+        expected_exchange_time((4, 1), 13, 2, 1200, 64, rates, circle=False).compute
+    )
+    shared = ClusterRates(op_mean=1e-9, op_std=0.0, bandwidth=1e8, latency=0.02, concurrency=2)
+    assert expected_exchange_time((2, 2), 13, 2, 1200, 64, shared, circle=False).compute == (
+        pytest.approx(13 * base.compute / 2)
+    )
+
+
+def test_choose_partition_is_the_model_minimum_and_follows_the_bottleneck() -> None:
+    compute_bound = ClusterRates(op_mean=1e-9, op_std=1e-11, bandwidth=1e11, latency=0.01)
+    link_bound = ClusterRates(op_mean=1e-12, op_std=0.0, bandwidth=1e6, latency=0.01)
+    for rates in (compute_bound, link_bound):
+        chosen = choose_partition(13, 2, 1500, 200, rates)
+        best = min(
+            expected_exchange_time(pr, 13, 2, 1500, 200, rates).total
+            for pr in feasible_partitions(13, 2)
+        )
+        assert expected_exchange_time(chosen, 13, 2, 1500, 200, rates).total == best
+    assert choose_partition(13, 2, 1500, 200, compute_bound)[1] == 1
+    assert choose_partition(13, 2, 1500, 200, link_bound)[1] > 1

@@ -13,6 +13,7 @@ from distributed import Client
 from dask_coded_als import theory
 from dask_coded_als._validation import check_int
 from dask_coded_als.cluster import local_cluster
+from dask_coded_als.codes import partition
 from dask_coded_als.engine.master import Master, Settings
 from dask_coded_als.errors import InputError
 from dask_coded_als.points import POINT_FAMILIES
@@ -38,8 +39,16 @@ class CodedALS:
     n_workers : int, default 8
         W, workers used (the cluster must have at least this many).
     h : int or None
-        Block rows/columns of D; None picks the largest h that tolerates ``n_stragglers``
-        (:func:`dask_coded_als.theory.best_h`).
+        The paper's h x h blocks of D, shorthand for ``partition=(h, h)``; with neither, the
+        largest h that tolerates ``n_stragglers`` (:func:`dask_coded_als.theory.best_h`).
+    partition : (int, int), "auto" or None
+        The member of the code family (see :class:`dask_coded_als.codes.ALSCode`): D's output
+        rows split p ways and its contraction r ways, recovery threshold ``p r + r - 1``, a
+        worker's product ``l^2 d / (p r)`` multiply-adds on an operand of ``l d / r`` values.
+        ``(k, 1)`` is the MDS-coded row split (least work per threshold, largest operand),
+        ``(h, h)`` the paper's. ``"auto"`` measures the cluster at the start of the fit and
+        takes the partition :func:`dask_coded_als.theory.choose_partition` expects to be
+        fastest. Coded mode only; not together with ``h``.
     n_stragglers : int, default 0
         s, how many slow or dead workers every stage must tolerate; also how many workers the
         straggler model slows down or kills.
@@ -86,8 +95,12 @@ class CodedALS:
         ``stopped`` early, the ``failed`` ones, the used workers' median ``compute`` seconds,
         ``cpu_seconds`` and ``late_cpu_seconds``. The late tasks' CPU seconds and the
         ``stopped`` lists are filled in when the fit ends.
-    h_ : int
-        The h used (coded mode).
+    partition_ : (int, int) or None
+        The partition (p, r) used (coded mode).
+    h_ : int or None
+        The paper's h when the partition is square (coded mode).
+    rates_ : ClusterRates or None
+        What the cluster was measured at, with ``partition="auto"``.
     n_iter_ : int
         Updates performed.
     converged_ : bool
@@ -118,6 +131,7 @@ class CodedALS:
         n_workers: int = 8,
         h: int | None = None,
         n_stragglers: int = 0,
+        partition: tuple[int, int] | str | None = None,
         mode: str = "coded",
         protocol: str = "fast",
         straggler_model: str = "none",
@@ -134,6 +148,7 @@ class CodedALS:
         self.n_workers = n_workers
         self.h = h
         self.n_stragglers = n_stragglers
+        self.partition = partition
         self.mode = mode
         self.protocol = protocol
         self.straggler_model = straggler_model
@@ -148,7 +163,7 @@ class CodedALS:
 
     # -- validation -------------------------------------------------------------------------
     def _settings(self, shape: tuple[int, int]) -> Settings:
-        """The parameters checked against the data's shape; resolves h."""
+        """The parameters checked against the data's shape; resolves the partition."""
         m, n = shape
         check_int(self.n_factors, "n_factors", 1)
         if self.n_factors > min(m, n):
@@ -185,13 +200,11 @@ class CodedALS:
                 raise InputError(f"{name} must be a finite number, got {value!r}")
             if value < 0:
                 raise InputError(f"{name} must be >= 0, got {value}")
-        h = None
-        if self.mode == "coded":
-            h = self._h()
+        partition = self._partition() if self.mode == "coded" else None
         return Settings(
             n_factors=int(self.n_factors),
             n_workers=int(self.n_workers),
-            h=h,
+            partition=partition,
             n_stragglers=int(self.n_stragglers),
             mode=self.mode,
             protocol=self.protocol,
@@ -206,24 +219,37 @@ class CodedALS:
             recovery_timeout=float(self.recovery_timeout),
         )
 
-    def _h(self) -> int:
+    def _partition(self) -> tuple[int, int] | str:
+        if self.h is not None and self.partition is not None:
+            raise InputError("give h or partition, not both (h=H means partition=(H, H))")
+        if self.partition == "auto":
+            return "auto"
         try:
             largest = theory.best_h(self.n_workers, self.n_stragglers)
         except ValueError as exc:
-            if self.h is None:
+            if self.h is None and self.partition is None:
                 raise InputError(str(exc)) from None
             largest = None
-        if self.h is None:
-            return largest
-        check_int(self.h, "h", 1)
-        needed = theory.recovery_threshold(self.h) + self.n_stragglers
-        if needed > self.n_workers:
+        if self.h is None and self.partition is None:
+            return (largest, largest)
+        if self.partition is not None:
+            try:
+                p, r = partition(self.partition)
+            except ValueError as exc:
+                raise InputError(f"partition must be 'auto' or a pair (p, r): {exc}") from None
+            what = f"partition=({p}, {r})"
+        else:
+            check_int(self.h, "h", 1)
+            p = r = int(self.h)
+            what = f"h={self.h}"
+        threshold = theory.partition_threshold(p, r)
+        if threshold + self.n_stragglers > self.n_workers:
             raise InputError(
-                f"h={self.h} needs {theory.recovery_threshold(self.h)} answering workers; "
-                f"with n_stragglers={self.n_stragglers} that is {needed} > "
+                f"{what} needs {threshold} answering workers; with "
+                f"n_stragglers={self.n_stragglers} that is {threshold + self.n_stragglers} > "
                 f"n_workers={self.n_workers} (largest h possible: {largest})"
             )
-        return int(self.h)
+        return p, r
 
     # -- public API ---------------------------------------------------------------------------
     def fit(
@@ -267,7 +293,6 @@ class CodedALS:
         R = _check_data(R)
         m, n = R.shape
         settings = self._settings((m, n))
-        self.h_ = settings.h
         self.transposed_ = m < n
         size = min(m, n)
         if gram is not None:
@@ -288,6 +313,10 @@ class CodedALS:
         self.timings_ = result.timings
         self.kills_ = result.kills
         self.recoveries_ = result.recoveries
+        self.partition_ = result.partition
+        p, r = result.partition or (None, None)
+        self.h_ = p if p == r else None
+        self.rates_ = result.rates
         return self
 
     def _check_resume(self, resume: dict | None, size: int) -> dict | None:

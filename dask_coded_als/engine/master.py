@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -38,13 +39,15 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 from threadpoolctl import threadpool_limits
 
-from dask_coded_als import als
+from dask_coded_als import als, theory
 from dask_coded_als.engine import tasks
+from dask_coded_als.engine.calibration import measure_rates
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
 from dask_coded_als.engine.faults import FaultInjector
 from dask_coded_als.engine.records import StageRecord, Timings
 from dask_coded_als.errors import ClusterError
 from dask_coded_als.stragglers import StragglerModel
+from dask_coded_als.theory import ClusterRates
 
 __all__ = ["Master", "Settings", "FitResult"]
 
@@ -64,7 +67,7 @@ class Settings:
 
     n_factors: int
     n_workers: int
-    h: int | None
+    partition: tuple[int, int] | str | None  # (p, r), "auto" or None (the baselines)
     n_stragglers: int
     mode: str
     protocol: str
@@ -92,6 +95,8 @@ class FitResult:
     kills: list[dict]
     recoveries: int
     workers: dict[int, str]
+    partition: tuple[int, int] | None
+    rates: ClusterRates | None
 
 
 class LostWorkers(Exception):
@@ -144,6 +149,7 @@ class Master:
         self._pending: weakref.WeakSet[Future] = weakref.WeakSet()
         self.history: list[dict] = []
         self.faults: FaultInjector | None = None
+        self.rates: ClusterRates | None = None
 
     # -- the fit ------------------------------------------------------------------------------
     def run(self, R: Any, gram: Any, resume: dict | None) -> FitResult:
@@ -171,6 +177,9 @@ class Master:
                     D = gram
                     if D is None:
                         D = compute_gram(self.client, R, s.n_workers, s.stage_timeout)
+                if s.partition == "auto":
+                    with self.timings.phase("calibration"):
+                        self._choose_partition(int(D.shape[0]))
                 scheme = make_scheme(self, D)
                 del D
                 size = scheme.size
@@ -199,7 +208,19 @@ class Master:
             kills=list(self.faults.kills),
             recoveries=self.recoveries,
             workers=dict(self.address),
+            partition=self.settings.partition,
+            rates=self.rates,
         )
+
+    def _choose_partition(self, size: int) -> None:
+        """Measure the cluster and pick the partition the model expects to be fastest."""
+        s = self.settings
+        self.rates = measure_rates(self.client, [self.address[w] for w in sorted(self.address)])
+        chosen = theory.choose_partition(
+            s.n_workers, s.n_stragglers, size, s.n_factors, self.rates, s.points != "real"
+        )
+        logger.info("partition %s chosen for %s", chosen, self.rates)
+        self.settings = dataclasses.replace(s, partition=chosen)
 
     def _rounds(self, scheme: Any, B: np.ndarray, start: int) -> tuple:
         """Rounds until convergence or ``max_iter`` updates; returns (B, H, n_iter, converged)."""

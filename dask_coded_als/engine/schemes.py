@@ -99,7 +99,7 @@ class CodedFast(_Scheme):
 
     def __init__(self, master: Any, D: Any) -> None:
         s = master.settings
-        self.code = ALSCode(s.h, s.n_workers, s.points)
+        self.code = ALSCode(s.partition, s.n_workers, s.points)
         super().__init__(master, D, self.code.padded_size(int(D.shape[0])))
         self.need = self.code.recovery_threshold
 
@@ -110,7 +110,7 @@ class CodedFast(_Scheme):
     def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
         code = self.code
         with self.master.master_time():
-            right = dict(zip(live, code.gram_code.encode_b(B, live), strict=True))
+            right = dict(zip(live, code.encode_operand(B, live), strict=True))
         answers = self.master.exchange(
             t,
             Exchange(

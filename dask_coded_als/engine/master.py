@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
@@ -407,8 +407,9 @@ class Master:
             failed=sorted(failed),
             compute=float(np.median([reports[w].compute_seconds for w in used])),
             cpu_seconds=float(sum(r.cpu_seconds for r in reports.values())),
-            send=_median_step(phases, used, 0),
-            run=_median_step(phases, used, 1),
+            send=_median(phases[w][1] - phases[w][0] for w in used),
+            queue=_median(reports[w].started - phases[w][2] for w in used),
+            returned=_median(phases[w][3] - reports[w].ended for w in used),
         )
         record.late_cpu_seconds = float(
             sum(r.cpu_seconds for w, r in reports.items() if w not in used)
@@ -428,7 +429,9 @@ class Master:
 
         async def pipeline(w: int) -> tuple[int, Any, BaseException | None]:
             address = self.address[w]
-            clock = phases[w] = [loop.time()]  # start, operands in place, answer fetched
+            # epoch seconds, comparable with the task's own: start, operands placed, task
+            # submitted, answer in hand
+            clock = phases[w] = [time.time()]
             try:
                 args = []
                 for item in spec.args(w):
@@ -442,7 +445,7 @@ class Master:
                     else:
                         self.bytes_sent += _nbytes(item)
                         args.append(item)
-                clock.append(loop.time())
+                clock.append(time.time())
                 if over:
                     return w, None, None
                 future = client.submit(
@@ -460,8 +463,9 @@ class Master:
                     pure=False,
                 )
                 submitted[w] = future
+                clock.append(time.time())
                 report = await client.gather(future, direct=True)
-                clock.append(loop.time())
+                clock.append(time.time())
                 return w, report, None
             except Exception as exc:  # a lost worker shows as many kinds of error
                 return w, None, exc
@@ -568,10 +572,8 @@ class Master:
         entry["stages"][name] = record.to_dict()
 
 
-def _median_step(phases: dict[int, list[float]], workers: list[int], step: int) -> float:
-    """Median seconds of one step of the workers' pipelines (0: operands sent, 1: task run and
-    answer fetched, as seen from the master)."""
-    return float(np.median([phases[w][step + 1] - phases[w][step] for w in workers]))
+def _median(values: Iterable[float]) -> float:
+    return float(np.median(list(values)))
 
 
 def _nbytes(value: Any) -> int:

@@ -31,10 +31,12 @@ class StageRecord:
         Workers that could not be reached or whose task was lost.
     compute : float
         Median compute seconds (wall, inside the task) of the used workers.
-    send, run : float
-        Median seconds, over the used workers, of the two steps of an exchange as the master
-        sees them: placing the worker's operands, and from submitting its task to holding its
-        answer.
+    send, queue, returned : float
+        Median seconds, over the used workers, of the steps of an exchange around the
+        computation: placing the worker's operands, from submitting its task to its start on
+        the worker, and from its end to its answer at the master. ``queue`` and ``returned``
+        compare the worker's clock with the master's (exact on one machine, as good as the
+        clocks' synchronization across machines).
     cpu_seconds : float
         Thread CPU seconds of every task of the exchange (the late ones' are added when the fit
         ends).
@@ -49,7 +51,8 @@ class StageRecord:
     compute: float
     cpu_seconds: float
     send: float = 0.0
-    run: float = 0.0
+    queue: float = 0.0
+    returned: float = 0.0
     stopped: list[int] = field(default_factory=list)
     late_cpu_seconds: float = 0.0
 

@@ -51,12 +51,15 @@ def stop(key: str) -> None:
 
 class TaskReport(NamedTuple):
     """What a task sends back: its value (None when stopped), the thread CPU seconds and wall
-    seconds of its computation, and whether it was stopped."""
+    seconds of its computation, whether it was stopped, and when it started and ended (epoch
+    seconds, to set beside the master's clock)."""
 
     value: Any
     cpu_seconds: float
     compute_seconds: float
     stopped: bool
+    started: float
+    ended: float
 
 
 def run_task(
@@ -74,6 +77,7 @@ def run_task(
     inside the task, so the master measures real waiting; the sleep ends early on the stop flag.
     """
     flag = _flag(stop_key)
+    started = time.time()
     cpu0, start = time.thread_time(), time.perf_counter()
     value = None if flag.is_set() else compute(*args, interrupt=flag.is_set)
     compute_seconds = time.perf_counter() - start
@@ -85,7 +89,7 @@ def run_task(
     cpu = time.thread_time() - cpu0
     with _lock:
         _ledger.setdefault(fit, []).append((exchange, worker, cpu, stopped))
-    return TaskReport(value, cpu, compute_seconds, stopped)
+    return TaskReport(value, cpu, compute_seconds, stopped, started, time.time())
 
 
 def take_ledger(fit: str) -> list[tuple[int, int, float, bool]]:

@@ -309,15 +309,21 @@ class Master:
         return set(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def _join(self) -> None:
-        """Take the first ``n_workers`` workers of the cluster, waiting (bounded) for them."""
+        """Take the first ``n_workers`` workers of the cluster, waiting (bounded) for them.
+
+        Polls the scheduler rather than calling ``Client.wait_for_workers``, which on a
+        LocalCluster's client replaces the cluster's own view of its workers with a snapshot
+        (see docs/reliability.md).
+        """
         n = self.settings.n_workers
-        try:
-            self.client.wait_for_workers(n, timeout=self.settings.recovery_timeout)
-        except TimeoutError:
-            raise ClusterError(
-                f"the cluster has {len(self._alive())} workers, the fit needs n_workers={n}"
-            ) from None
-        self.address.update(enumerate(sorted(self._alive())[:n]))
+        deadline = time.monotonic() + self.settings.recovery_timeout
+        while len(alive := self._alive()) < n:
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the cluster has {len(alive)} workers, the fit needs n_workers={n}"
+                )
+            time.sleep(0.1)
+        self.address.update(enumerate(sorted(alive)[:n]))
 
     def _place(self, workers: list[int], make_shard: Callable[[int], np.ndarray]) -> None:
         for w in workers:

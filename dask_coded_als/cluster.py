@@ -24,7 +24,17 @@ from distributed.security import Security
 
 from dask_coded_als.errors import ClusterError, InputError
 
-__all__ = ["connect", "local_cluster", "tls_security"]
+__all__ = ["connect", "local_cluster", "tls_security", "worker_addresses"]
+
+
+def worker_addresses(client: Client) -> set[str]:
+    """The addresses of the workers the scheduler lists now.
+
+    Asks the scheduler directly: ``Client.scheduler_info()`` returns a cache that the client's
+    periodic update (which asks for no per-worker information) can overwrite between the fetch
+    and the read, so it sometimes lists no workers at all.
+    """
+    return set(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
 
 def local_cluster(n_workers: int, **kwargs: Any) -> LocalCluster:

@@ -37,6 +37,7 @@ import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from dask_coded_als import theory
+from dask_coded_als.cluster import worker_addresses
 from dask_coded_als.codes import ALSCode, NumericalWarning
 from dask_coded_als.engine import CodedALS, local_cluster
 from dask_coded_als.errors import ClusterError, InputError
@@ -423,7 +424,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _n_workers_of(client: Client) -> int:
-    return len(client.scheduler_info(n_workers=-1)["workers"])
+    return len(worker_addresses(client))
 
 
 @contextlib.contextmanager
@@ -466,7 +467,7 @@ def _ensure_workers(client: Client, cluster: LocalCluster | None, n_workers: int
 
 def _addresses(client: Client, n_workers: int) -> list[str]:
     """The workers a fit on ``n_workers`` uses (the engine takes the first in sorted order)."""
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])[:n_workers]
+    return sorted(worker_addresses(client))[:n_workers]
 
 
 # ---- calibration of the Appendix-A model -------------------------------------------------------

@@ -36,6 +36,7 @@ import psutil
 from distributed import Client
 
 from dask_coded_als import CodedALS, fit_als, theory
+from dask_coded_als.cluster import worker_addresses
 from dask_coded_als.engine import local_cluster
 from dask_coded_als.errors import ClusterError
 
@@ -256,10 +257,10 @@ def heal(client: Client, n_workers: int, cluster: Any = None, timeout: float = 1
     deadline = time.monotonic() + timeout
     restarted: set = set()
     while True:
-        if len(client.scheduler_info(n_workers=-1)["workers"]) >= n_workers:
+        if len(worker_addresses(client)) >= n_workers:
             return len(restarted)
         if time.monotonic() > deadline:
-            have = len(client.scheduler_info(n_workers=-1)["workers"])
+            have = len(worker_addresses(client))
             raise TimeoutError(f"{have} of {n_workers} workers after {timeout:g} s")
         missing = set(cluster.worker_spec) - set(cluster.workers) if cluster is not None else ()
         if missing:
@@ -343,7 +344,7 @@ def run_one(
         kills=len(getattr(model, "kills_", [])) + len(fired),
         recoveries=int(getattr(model, "recoveries_", 0)),
         seconds=seconds,
-        workers_after=len(client.scheduler_info(n_workers=-1)["workers"]),
+        workers_after=len(worker_addresses(client)),
         nannies_restarted_before=healed,
     )
     error = box.get("error")

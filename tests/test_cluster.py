@@ -34,7 +34,7 @@ from distributed import Client
 from dask_coded_als import CodedALS, fit_als
 from dask_coded_als import store as stores
 from dask_coded_als.cli import EXIT_CODES, main
-from dask_coded_als.cluster import connect, tls_security
+from dask_coded_als.cluster import connect, tls_security, worker_addresses
 from dask_coded_als.errors import ClusterError, InputError
 from dask_coded_als.ingest import ingest
 
@@ -264,7 +264,7 @@ def test_python_api_on_a_scheduler_file_equals_the_local_cluster_fit(
 ):
     R = stores.ratings_matrix(store_path)
     with Client(scheduler_file=str(real_cluster.scheduler_file), timeout="30s") as client:
-        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        workers = worker_addresses(client)
         model = CodedALS(4, n_workers=4, max_iter=4, tol=0, seed=1)
         model.fit(R, client=client)
     assert set(model.workers_.values()) == workers  # every stage ran on the real workers

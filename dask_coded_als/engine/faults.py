@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from distributed import Client
 
+from dask_coded_als.cluster import worker_addresses
 from dask_coded_als.stragglers import Kill, StragglerModel, TaskDelay
 
 __all__ = ["FaultInjector"]
@@ -83,7 +84,7 @@ class FaultInjector:
             self._client.run(_kill_self, workers=[address], on_error="ignore")
         while time.monotonic() - start < DEATH_TIMEOUT:
             with contextlib.suppress(Exception):
-                if address not in self._client.scheduler_info(n_workers=-1)["workers"]:
+                if address not in worker_addresses(self._client):
                     with self._lock:
                         self.kills.append(
                             {

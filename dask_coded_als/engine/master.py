@@ -40,6 +40,7 @@ from distributed.scheduler import KilledWorker
 from threadpoolctl import threadpool_limits
 
 from dask_coded_als import als, theory
+from dask_coded_als.cluster import worker_addresses
 from dask_coded_als.engine import tasks
 from dask_coded_als.engine.calibration import measure_rates
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
@@ -306,7 +307,7 @@ class Master:
 
     # -- workers and shards --------------------------------------------------------------------
     def _alive(self) -> set[str]:
-        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+        return worker_addresses(self.client)
 
     def _join(self) -> None:
         """Take the first ``n_workers`` workers of the cluster, waiting (bounded) for them.

@@ -959,13 +959,13 @@ def _indptr(index: np.ndarray, n: int) -> np.ndarray:
 
 def _finish(data: _Collected, strict: bool) -> dict:
     """Index ids, sort by (user, item), drop duplicates (last wins), build both orders."""
-    pa.default_memory_pool().release_unused()  # the parser's blocks, before the big sorts
     user_ids, user, user_type = _labels(data.users, "user", data.trim)
     item_ids, item, item_type = _labels(data.items, "item", data.trim)
     rating = np.concatenate(data.ratings)
     stamp = None if data.stamps is None else np.concatenate(data.stamps)
     data.ratings.clear()
-    data.stamps = None
+    data.stamps = None  # timestamps were views of pyarrow's buffers: give those back
+    pa.default_memory_pool().release_unused()
     n_users, n_items = len(user_ids), len(item_ids)
 
     key = user.astype(np.int64)
@@ -1165,8 +1165,8 @@ def ingest(
     _check_target(store, overwrite, [p.path for p in parts])
     label = os.fspath(input_path)
     if parts[0].parquet:
-        if fmt not in ("auto", "csv"):
-            raise InputError(f"{label}: Parquet, not {fmt!r} text; use format='auto'")
+        if fmt != "auto" or sep is not None:
+            raise InputError(f"{label}: Parquet, not text: format and sep do not apply")
         data, fmt, sha = _read_parquet(parts, cols, chunk_rows)
     else:
         data, fmt, sha = _read_text(parts, fmt, sep, cols, chunk_rows)

@@ -492,8 +492,9 @@ def test_parquet_file_and_parts(tmp_path, csv_reference):
     assert_same_store(tmp_path / "dir.zarr", reference)
     ingest(str(tmp_path / "parts" / "part.*.parquet"), tmp_path / "glob.zarr")
     assert_same_store(tmp_path / "glob.zarr", reference)
-    with pytest.raises(InputError, match="Parquet, not 'ml-1m' text"):
-        ingest(tmp_path / "ratings.parquet", tmp_path / "x.zarr", format="ml-1m")
+    for kwargs in ({"format": "ml-1m"}, {"format": "csv"}, {"sep": ","}):
+        with pytest.raises(InputError, match="Parquet, not text: format and sep do not apply"):
+            ingest(tmp_path / "ratings.parquet", tmp_path / "x.zarr", **kwargs)
 
 
 def test_parquet_string_ids_datetimes_and_named_columns(tmp_path):

@@ -20,9 +20,9 @@ Text formats
 suggests (``*.dat`` ``::``; ``*.data``, ``u*.base``, ``u*.test``, ``*.tsv`` a tab; ``*.csv`` a
 comma) when the first non-blank line contains it, else the first of ``::``, tab, comma, ``;``,
 ``|`` found in that line. A one-character separator allows CSV quoting; a repeated character
-such as ``::`` splits plainly. Text must be UTF-8; a byte-order mark is ignored; lines may end in
-``\\n`` or ``\\r\\n``; blank lines are skipped. Line numbers in messages count every physical
-line from 1. :data:`FORMAT_NAMES` lists every accepted name.
+such as ``::`` splits plainly. Text must be UTF-8; a byte-order mark is ignored; lines may end
+in ``\\n``, ``\\r\\n`` or ``\\r``; blank lines are skipped. Line numbers in messages count every
+physical line from 1. :data:`FORMAT_NAMES` lists every accepted name.
 
 Columns
 -------
@@ -36,8 +36,9 @@ number (``3``, ``-2``, ``4.5``, ``1e3``). The columns holding users, items, rati
 - found by name: a column name that, lower-cased without punctuation, is one of
   :data:`ROLE_NAMES` (``userId``, ``user_id``, ``user``, ``movieId``, ``item_id``, ``asin``,
   ``ISBN``, ``rating``, ``score``, ``timestamp``, ...);
-- by position when there are 3 fields (user, item, rating) or 4 (plus a timestamp) and no
-  recognised name contradicts that order.
+- by position when no name is recognised (or there is no header): 3 fields are user, item,
+  rating; 4 add a timestamp. When some names are recognised but not all three of user, item and
+  rating, the error asks for ``columns`` rather than guessing.
 
 Ids are labels
 --------------

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+import zarr
 from conftest import load_generator
 
 import dask_coded_als
@@ -374,6 +375,28 @@ def test_label_types_per_column(tmp_path):
     write(path, "user,item,rating\n007,1,5\n8,1,4\n")
     ingest(path, tmp_path / "t.zarr")
     assert open_store(tmp_path / "t.zarr").user_ids.tolist() == ["007", "8"]
+
+
+def test_store_checks_each_side_by_its_id_type(tmp_path):
+    path = write(tmp_path / "r.csv", "user,isbn,rating\n1,0195153448,5\n")
+    ingest(path, tmp_path / "s.zarr")
+    root = zarr.open_group(tmp_path / "s.zarr", mode="r+")
+    # A store written before the per-side types has one id_type for both sides.
+    for key in ("user_id_type", "item_id_type"):
+        del root.attrs[key]
+    root.attrs["id_type"] = "string"
+    with pytest.raises(InputError, match="'ids/users' has the wrong dtype"):
+        open_store(tmp_path / "s.zarr")
+    root.attrs.update({"user_id_type": "int64", "item_id_type": "int64"})
+    with pytest.raises(InputError, match="'ids/items' has the wrong dtype"):
+        open_store(tmp_path / "s.zarr")
+    root.attrs["item_id_type"] = "string"
+    assert open_store(tmp_path / "s.zarr").item_ids.tolist() == ["0195153448"]
+    ingest(write(tmp_path / "t.csv", "1,2,3\n"), tmp_path / "t.zarr")
+    root = zarr.open_group(tmp_path / "t.zarr", mode="r+")
+    for key in ("user_id_type", "item_id_type"):
+        del root.attrs[key]
+    assert open_store(tmp_path / "t.zarr").user_ids.tolist() == [1]  # id_type "int64" alone
 
 
 @pytest.mark.parametrize(

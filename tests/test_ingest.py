@@ -164,14 +164,14 @@ def oracle_labels(raw: pd.Series) -> list:
     return sorted(set(text))
 
 
-def read_with_pandas(path: Path, sep: str, header: bool) -> pd.DataFrame:
+def read_with_pandas(path: Path, sep: str, header: bool, compression=None) -> pd.DataFrame:
     return pd.read_csv(
         path,
         sep=sep,
         header=0 if header else None,
         dtype=str,
         engine="python" if len(sep) > 1 else "c",
-        skip_blank_lines=True,
+        compression=compression,
     )
 
 
@@ -206,9 +206,7 @@ def test_separators_and_compression_match_pandas(tmp_path, sep, compression):
     pack = {None: bytes, "gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
     path = write(tmp_path / "ratings.txt", pack[compression](text))
     report = ingest(path, tmp_path / "s.zarr", format="csv")
-    raw = pd.read_csv(
-        path, sep=sep, header=None, dtype=str, engine="python", compression=compression
-    )
+    raw = read_with_pandas(path, sep, header=False, compression=compression)
     last = raw.drop_duplicates([0, 1], keep="last")
     assert report.n_duplicates == n - len(last)
     check_against_pandas(tmp_path / "s.zarr", last)
@@ -406,12 +404,14 @@ def test_store_checks_each_side_by_its_id_type(tmp_path):
         ("user_id,item_id,rating", ["user", "item", "rating"]),
         ("movieId,userId,rating,timestamp", ["item", "user", "rating", "timestamp"]),
         ("rating,item,user", ["rating", "item", "user"]),
-        ("reviewerID,asin,reviewerName,overall,unixReviewTime", ["user", "item", "_", "rating",
-                                                                 "timestamp"]),
+        (
+            "reviewerID,asin,reviewerName,overall,unixReviewTime",
+            ["user", "item", "_", "rating", "timestamp"],
+        ),
         ('"User-ID";"ISBN";"Book-Rating"', ["user", "item", "rating"]),
         ("u,i,r,t", ["user", "item", "rating", "timestamp"]),  # unknown names: by position
     ],
-)  # fmt: skip
+)
 def test_columns_from_the_header(tmp_path, header, roles):
     users, items, ratings, stamps = gen.generate_ratings(9, 7, 30, seed=1)
     values = {"user": users, "item": items, "rating": ratings, "timestamp": stamps, "_": users}
@@ -606,8 +606,9 @@ def test_dataframe_named_columns_categories_and_datetimes(tmp_path):
     assert store.user_ids.tolist() == ["a", "b"] and store.item_ids.tolist() == ["0012", "7"]
     np.testing.assert_array_equal(ratings_matrix(store).toarray(), [[2, 0], [1, 3]])
     np.testing.assert_array_equal(store.array("ratings/timestamp")[...], [2, 1, 3])
-    ingest_dataframe(df, tmp_path / "t.zarr", user="who", item="what", rating="score",
-                     timestamp=False)  # fmt: skip
+    ingest_dataframe(
+        df, tmp_path / "t.zarr", user="who", item="what", rating="score", timestamp=False
+    )
     assert not open_store(tmp_path / "t.zarr").has_timestamps
 
 

@@ -4,6 +4,7 @@ from dask_coded_als.als import fit_als
 from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
 from dask_coded_als.engine import CodedALS
 from dask_coded_als.errors import ClusterError, CodedALSError, InputError
+from dask_coded_als.ingest import ingest_dataframe
 from dask_coded_als.points import evaluation_points, worst_case_condition_number
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "NumericalWarning",
     "evaluation_points",
     "fit_als",
+    "ingest_dataframe",
     "worst_case_condition_number",
     "__version__",
 ]

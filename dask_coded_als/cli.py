@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dask_coded_als import __version__
+from dask_coded_als.ingest import FORMAT_NAMES
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -128,6 +129,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from dask_coded_als.ingest import ingest
 
     columns = args.columns.split(",") if args.columns else None
+    if columns and any("=" in c for c in columns):  # role=NAME pairs pick columns by name
+        columns = dict(c.split("=", 1) if "=" in c else (c, "") for c in columns)
     report = ingest(
         args.input,
         args.store,
@@ -633,12 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each phase")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("ingest", help="load a ratings file into a Zarr store")
-    p.add_argument("input")
+    p = sub.add_parser("ingest", help="load ratings (text, Parquet, part files) into a Zarr store")
+    p.add_argument("input", help="a ratings file, a directory of part files or a glob pattern")
     p.add_argument("store")
-    p.add_argument("--format", choices=("auto", "ml-100k", "ml-1m", "csv"), default="auto")
+    p.add_argument("--format", choices=FORMAT_NAMES, default="auto")
     p.add_argument("--sep")
-    p.add_argument("--columns", help="e.g. user,item,rating[,timestamp]")
+    p.add_argument(
+        "--columns",
+        help="by position: user,item,rating[,timestamp] (_ skips a field); or by name: "
+        "user=NAME,item=NAME,rating=NAME[,timestamp=NAME]",
+    )
     p.add_argument("--movies", help="movies.csv, movies.dat or u.item with titles")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--strict", action="store_true", help="duplicate ratings are an error")

@@ -1,74 +1,97 @@
-"""Ingest a ratings file (MovieLens or any delimited text) into a ratings store.
+"""Ingest ratings (delimited text, Parquet or a DataFrame) into a ratings store.
 
-Formats
+Sources
 -------
-``"ml-100k"``
-    ``u.data`` (and the ``u1.base`` ... ``ub.test`` splits): ``user<TAB>item<TAB>rating<TAB>time``.
-``"ml-1m"`` (alias ``"ml-10m"``)
-    ``ratings.dat``: ``user::item::rating::time``.
-``"ml-latest"`` (aliases ``"ml-20m"``, ``"ml-25m"``, ``"ml-32m"``)
-    ``ratings.csv``: ``userId,movieId,rating,timestamp`` with that header line.
-``"csv"``
-    Any delimited file: ``sep`` (default ``","``; one character allows csv quoting, a longer
-    separator splits plainly) and ``columns``, a list naming each field ``"user"``, ``"item"``,
-    ``"rating"``, ``"timestamp"`` or ``"_"`` (ignored). Without ``columns``, 3 fields mean
-    user, item, rating and 4 fields add a timestamp. Ids are arbitrary strings (surrounding
-    blanks stripped); they are stored as strings.
-``"auto"`` (default)
-    ``"csv"`` when ``sep`` or ``columns`` is given. Otherwise the file name decides (``.gz``
-    removed first): ``u.data``, ``*.data``, ``u*.base``, ``u*.test`` -> ml-100k; ``*.dat`` ->
-    ml-1m; ``*.csv`` -> ml-latest. Any other name: the first non-blank line decides (contains
-    ``::`` -> ml-1m, a tab -> ml-100k, a comma -> ml-latest).
+:func:`ingest` reads one file, a directory of part files or a glob pattern matching them (as
+Spark and Dask write them). Parts are read in natural name order (``part.2`` before ``part.10``);
+hidden files and names starting with ``_`` (``_SUCCESS``, ``_metadata``) are skipped. A part
+starting with the Parquet magic bytes is Parquet, anything else delimited text, plain or
+compressed with gzip, bzip2 or xz (recognised by content, not by name). Text is parsed by pyarrow's
+streaming CSV reader, Parquet by pyarrow's Parquet reader, both in batches of about
+``chunk_rows`` rows. :func:`ingest_dataframe` reads a pandas or dask DataFrame, one partition at a
+time. Only the parsed columns (about 20 bytes per rating) outlive a batch.
 
-In the MovieLens formats ids must be positive integers below 2**63 and every line has a
-timestamp (an integer). Ratings must be finite decimal numbers in every format. Any of these
-files may be gzip-compressed (detected by its magic bytes, not by its name).
+Text formats
+------------
+``format`` fixes the field separator: ``"ml-100k"`` a tab (``u.data``, ``u1.base``, ...),
+``"ml-1m"`` ``::`` (``ratings.dat``; alias ``"ml-10m"``), ``"ml-latest"`` a comma
+(``ratings.csv``; aliases ``"ml-20m"``, ``"ml-25m"``, ``"ml-32m"``, ``"ml-latest-small"``).
+``"auto"`` (the default) and ``"csv"`` take ``sep``, or guess it: the separator the file name
+suggests (``*.dat`` ``::``; ``*.data``, ``u*.base``, ``u*.test``, ``*.tsv`` a tab; ``*.csv`` a
+comma) when the first non-blank line contains it, else the first of ``::``, tab, comma, ``;``,
+``|`` found in that line. A one-character separator allows CSV quoting; a repeated character
+such as ``::`` splits plainly. Text must be UTF-8; a byte-order mark is ignored; lines may end
+in ``\\n``, ``\\r\\n`` or ``\\r``; blank lines are skipped. Line numbers in messages count every
+physical line from 1. :data:`FORMAT_NAMES` lists every accepted name.
 
-Header rule
------------
-The first non-blank line is a header, and skipped, when none of its fields (split like the data)
-is a number, where a number is a decimal literal such as ``3``, ``-2``, ``4.5`` or ``1e3``. Any
-later line is data. Blank lines are skipped everywhere; line numbers in messages count every
-physical line, starting at 1. Lines may end in ``\\n`` or ``\\r\\n``; a UTF-8 byte-order mark is
-ignored. Generic files must be UTF-8.
+Columns
+-------
+The first non-blank line of a text part is a header, and skipped, when none of its fields is a
+number (``3``, ``-2``, ``4.5``, ``1e3``). The columns holding users, items, ratings and
+(optionally) timestamps are, in this order of precedence:
+
+- named by ``columns``: a list naming every field by position (``"user"``, ``"item"``,
+  ``"rating"``, ``"timestamp"``, or ``"_"`` to skip one), or a mapping from those roles to column
+  names of the header, Parquet schema or DataFrame (roles left out are found by name);
+- found by name: a column name that, lower-cased without punctuation, is one of
+  :data:`ROLE_NAMES` (``userId``, ``user_id``, ``user``, ``movieId``, ``item_id``, ``asin``,
+  ``ISBN``, ``rating``, ``score``, ``timestamp``, ...);
+- by position when no name is recognised (or there is no header): 3 fields are user, item,
+  rating; 4 add a timestamp. When some names are recognised but not all three of user, item and
+  rating, the error asks for ``columns`` rather than guessing.
+
+Ids are labels
+--------------
+A user or item id is a label: any integer (0 and negatives included) or any string. Users and
+items are numbered 0, 1, ... in the sorted order of their distinct labels (numeric order for
+integers, code-point order for strings), and ``ids/users`` and ``ids/items`` keep the labels
+with their type. In text, blanks around a label are removed, and a column is int64 when every
+label in it is an integer written plainly (``0``, ``-7``, ``42``: no ``+``, no leading zero,
+within int64); otherwise every label in it stays a string, so ``0195153448`` stays
+``"0195153448"``. In Parquet and DataFrames the column's type decides: integer types give int64
+labels, strings string labels; other types, and a column mixing integers and strings, are
+refused. Ratings must be finite numbers (stored as float32). A timestamp is an integer; a Parquet
+or DataFrame datetime column is stored as seconds since the epoch.
 
 Titles
 ------
 ``movies`` is ``movies.csv`` (``movieId,title,genres``, csv quoting), ``movies.dat``
-(``id::title::genres``) or ``u.item`` (``id|title|...``), plain or gzipped; the name decides,
+(``id::title::genres``) or ``u.item`` (``id|title|...``), plain or compressed; the name decides,
 else the first line. It is read as UTF-8, or as Latin-1 when it is not valid UTF-8 (``u.item`` and
-the ml-1m ``movies.dat`` are Latin-1). Line 1 is a header when its id is not an integer (with
-string ids: when it is ``movieId``, ``item``, ``id`` or similar). Movie ids must be unique; movies
-nobody rated are ignored, and rated items without a title get ``""``.
+the ml-1m ``movies.dat`` are Latin-1). Its ids are matched against the item labels (integers
+when those are integers). Line 1 is a header when its id is not an integer (with string labels:
+when it is ``movieId``, ``item``, ``id`` or similar). Movie ids must be unique; movies nobody
+rated are ignored, and rated items without a title get ``""``.
 
 Duplicates
 ----------
-When a (user, item) pair occurs more than once the last occurrence in file order wins; the number
-of dropped ratings is reported as ``n_duplicates``. ``strict=True`` makes a duplicate an error.
+When a (user, item) pair occurs more than once the last occurrence in input order wins; the
+number of dropped ratings is reported as ``n_duplicates``. ``strict=True`` makes a duplicate an
+error.
 
 Errors and atomicity
 --------------------
-Bad input raises :class:`~dask_coded_als.errors.InputError` with a one-line message
-``<file>:<line>: <problem>`` (or ``<file>: <problem>`` when no line applies). The store is
-written to a hidden temporary sibling directory and renamed into place at the end, so a failed
-ingest leaves nothing behind and never touches an existing store. An existing store is replaced
-only with ``overwrite=True`` and only if it is a ratings store (any other existing path is
-refused); the old store is renamed aside, the new one renamed in, then the old one deleted.
-
-Speed and memory
-----------------
-The file is read in blocks of about ``chunk_rows`` lines. MovieLens blocks are parsed with
-vectorized numpy byte arithmetic; a block the fast parser does not fully understand (blank lines,
-blanks around fields, signs, exponents, or an error) is re-parsed line by line, which is slower
-but gives exact messages. Generic files go through the csv module block by block. Only numpy
-arrays of the parsed columns (about 28 bytes per rating) outlive a block.
+Bad input raises :class:`~dask_coded_als.errors.InputError` with a one-line message that says
+where: ``<file>:<line>: <problem>`` for text, ``<file>: row <n>: <problem>`` for Parquet (rows
+counted from 1), ``DataFrame.iloc[<k>]: <problem>`` for a DataFrame. pyarrow's own messages do not
+name a line, so when the fast reader rejects a text part, the part is read again line by line to
+find and describe the first bad line; that second pass also checks the quoting of every part that
+contains a quote character, which pyarrow accepts loosely. The store is written to a hidden
+temporary sibling directory and renamed into place at the end, so a failed ingest leaves nothing
+behind and never touches an existing store. An existing store is replaced only with
+``overwrite=True`` and only if it is a ratings store (any other existing path is refused); the old
+store is renamed aside, the new one renamed in, then the old one deleted.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import glob
 import gzip
 import hashlib
+import io
+import lzma
 import math
 import os
 import re
@@ -76,20 +99,33 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import zarr
 from zarr.storage import LocalStore
 
 from dask_coded_als.errors import InputError
 from dask_coded_als.store import LAYOUT, LAYOUT_VERSION
 
-__all__ = ["IngestReport", "ingest", "FORMATS", "FORMAT_ALIASES"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_ALIASES",
+    "FORMAT_NAMES",
+    "ROLE_NAMES",
+    "IngestReport",
+    "ingest",
+    "ingest_dataframe",
+]
 
-#: Values accepted by ``format`` (besides the aliases).
+#: The text formats ``format`` accepts (besides the aliases).
 FORMATS = ("auto", "ml-100k", "ml-1m", "ml-latest", "csv")
 #: Other MovieLens release names and the format they use.
 FORMAT_ALIASES = {
@@ -99,36 +135,53 @@ FORMAT_ALIASES = {
     "ml-32m": "ml-latest",
     "ml-latest-small": "ml-latest",
 }
+#: Every name ``format`` accepts: the command line offers exactly these.
+FORMAT_NAMES = FORMATS + tuple(FORMAT_ALIASES)
+#: Column names (lower-cased, punctuation removed) recognised for each role.
+ROLE_NAMES = {
+    "user": tuple("user userid uid reviewer reviewerid customer customerid".split()),
+    "item": tuple("item itemid iid movie movieid product productid asin isbn book bookid".split()),
+    "rating": ("rating", "score", "stars", "overall", "bookrating"),
+    "timestamp": ("timestamp", "time", "ts", "unixtime", "unixreviewtime"),
+}
+_ROLE_OF = {name: role for role, names in ROLE_NAMES.items() for name in names}
+_ROLES = ("user", "item", "rating", "timestamp")
+_REQUIRED = ("user", "item", "rating")
+_WHAT = {"user": "user ids", "item": "item ids", "rating": "ratings", "timestamp": "timestamps"}
 _ML_SEP = {"ml-100k": "\t", "ml-1m": "::", "ml-latest": ","}
-_ML_COLUMNS = ("user", "item", "rating", "timestamp")
-_COLUMN_NAMES = {"user", "item", "rating", "timestamp", "_"}
+_ML_BY_SEP = {sep: fmt for fmt, sep in _ML_SEP.items()}
+_SEP_CANDIDATES = ("::", "\t", ",", ";", "|")
 _INT64_MAX = 2**63 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Elements per chunk of the stored rating arrays.
 _ARRAY_CHUNK = 1 << 20
-#: A line longer than this is not a ratings line; stop instead of buffering the whole file.
+#: The first non-blank line must end within this many characters.
 _MAX_LINE = 1 << 24
+_PARQUET_MAGIC = b"PAR1"
 
-_INT_RE = re.compile(r"[+-]?[0-9]+")
+_INT_RE = re.compile(r"-?[0-9]+")  # what pyarrow reads as int64 (it refuses a "+" sign)
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_PLAIN_INT = r"^(0|-?[1-9][0-9]*)$"  # an integer label as text
 _NONFINITE = {"nan", "inf", "infinity"}
 _ML100K_SPLIT_RE = re.compile(r"u[a-z0-9]*\.(base|test)")
-_NON_BLANK_RE = re.compile(rb"[^ \t\r\n\f\v]")
+_DIGITS_RE = re.compile(r"(\d+)")
 #: First fields that mark the header line of a movies file with string ids.
 _MOVIE_HEADERS = {"movieid", "movie_id", "movie", "itemid", "item_id", "item", "id"}
 
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What :func:`ingest` did.
+    """What :func:`ingest` or :func:`ingest_dataframe` did.
 
     Attributes
     ----------
     n_users, n_items, n_ratings : int
         Shape and number of stored ratings of R (after removing duplicates).
     n_duplicates : int
-        Ratings dropped because a later line rated the same (user, item) pair.
+        Ratings dropped because a later row rated the same (user, item) pair.
     format : str
-        The format used (``"ml-100k"``, ``"ml-1m"``, ``"ml-latest"`` or ``"csv"``).
+        ``"ml-100k"``, ``"ml-1m"``, ``"ml-latest"`` (text laid out as that MovieLens file),
+        ``"csv"`` (any other text), ``"parquet"`` or ``"dataframe"``.
     store_path : pathlib.Path
         The store written.
     seconds : float
@@ -145,7 +198,7 @@ class IngestReport:
 
 
 class _LineError(Exception):
-    """A problem in one field; the caller adds the file name and line number."""
+    """A problem in one line or row; the caller adds where it is."""
 
 
 def _show(text: str, limit: int = 40) -> str:
@@ -155,100 +208,244 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text)
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the source file
-
-
-class _Source:
-    """A ratings file read in blocks of whole lines, gunzipped when needed, hashed as read."""
-
-    _MAGIC = {
-        b"PK\x03\x04": "a zip archive; extract the ratings file from it first",
-        b"BZh": "bzip2-compressed; only gzip compression is supported",
-        b"\xfd7zXZ\x00": "xz-compressed; only gzip compression is supported",
-        b"\x28\xb5\x2f\xfd": "zstd-compressed; only gzip compression is supported",
-    }
-
-    def __init__(self, path: Path, label: str) -> None:
-        self.label = label
-        self.sha = hashlib.sha256()
-        try:
-            self._raw = open(path, "rb")  # noqa: SIM115 - closed by close()
-        except FileNotFoundError:
-            raise InputError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{label}: is a directory, not a ratings file") from None
-        except OSError as exc:
-            raise InputError(f"{label}: cannot open ({exc.strerror or exc})") from None
-        magic = self._raw.read(8)
-        self._raw.seek(0)
-        for prefix, what in self._MAGIC.items():
-            if magic.startswith(prefix):
-                self._raw.close()
-                raise InputError(f"{label}: {what}")
-        self.gzipped = magic.startswith(b"\x1f\x8b")
-        self._stream = gzip.GzipFile(fileobj=self, mode="rb") if self.gzipped else None
-
-    # GzipFile reads the compressed bytes through this method, so they are hashed as read.
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.sha.update(data)
-        return data
-
-    def _read_text(self, size: int) -> bytes:
-        if self._stream is None:
-            return self.read(size)
-        try:
-            return self._stream.read(size)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            raise InputError(
-                f"{self.label}: corrupt or truncated gzip stream ({_one_line(exc)})"
-            ) from None
-
-    def blocks(self, target_lines: int) -> Iterator[tuple[bytes, bool]]:
-        """Yield ``(data, had_newline)``: whole lines ending in ``\\n`` (one appended at EOF)."""
-        per_line = 32.0
-        carry = b""
-        first = True
-        while True:
-            size = max(1 << 16, int(target_lines * per_line))
-            chunk = self._read_text(size)
-            if first:
-                first = False
-                if chunk.startswith(b"\xef\xbb\xbf"):
-                    chunk = chunk[3:]
-            if not chunk:
-                break
-            data = carry + chunk if carry else chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                if len(carry) > _MAX_LINE:
-                    raise InputError(f"{self.label}: a line is longer than {_MAX_LINE} bytes")
-                continue
-            carry = data[cut + 1 :]
-            block = data[: cut + 1]
-            n_lines = block.count(b"\n")
-            per_line = max(8.0, len(block) / n_lines)
-            yield block, True
-        if carry:
-            yield carry + b"\n", False
-
-    def hexdigest(self) -> str:
-        """SHA-256 of the whole file on disk (reads what the parser did not need)."""
-        while chunk := self._raw.read(1 << 20):
-            self.sha.update(chunk)
-        return self.sha.hexdigest()
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._raw.close()
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and columns
+
+
+def _check_chunk_rows(chunk_rows: Any) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise InputError(f"chunk_rows must be a positive integer, not {chunk_rows!r}")
+
+
+def _resolve_format(fmt: Any, sep: Any, columns: Any) -> str:
+    if not isinstance(fmt, str):
+        raise InputError(f"format must be a string, not {fmt!r}")
+    if fmt not in FORMAT_NAMES:
+        raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMAT_NAMES)})")
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
+    if fmt in _ML_SEP and (sep is not None or columns is not None):
+        raise InputError(f"sep and columns apply to format='csv' or 'auto', not {fmt!r}")
+    if sep is not None:
+        if not isinstance(sep, str) or not sep or sep.strip("\r\n") != sep or '"' in sep:
+            raise InputError(
+                f"sep must be a non-empty string without line breaks or quotes, not {sep!r}"
+            )
+        if sep != sep[0] * len(sep):
+            raise InputError(f"sep must be one character or one character repeated, not {sep!r}")
+    return fmt
+
+
+def _check_columns(columns: Any) -> list[str] | dict[str, str] | None:
+    """``columns`` as a list of roles by position or a mapping role -> column name."""
+    if columns is None:
+        return None
+    if isinstance(columns, Mapping):
+        names = dict(columns)
+        if not all(isinstance(v, str) and v for v in names.values()):
+            raise InputError(f"columns must map roles to column names, not {columns!r}")
+        bad = [k for k in names if k not in _ROLES]
+        if bad:
+            raise InputError(f"unknown role {bad[0]!r} in columns (use {', '.join(_ROLES)})")
+        if len(set(names.values())) != len(names):
+            raise InputError(f"columns names one column for two roles: {names}")
+        return names
+    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+        raise InputError(f"columns must be a list of names, not {columns!r}")
+    cols = [c.strip().lower() for c in columns]
+    bad = [c for c in cols if c not in (*_ROLES, "_")]
+    if bad:
+        raise InputError(f"unknown column name {bad[0]!r} (use user, item, rating, timestamp, _)")
+    for name in _REQUIRED:
+        if cols.count(name) != 1:
+            raise InputError(f"columns must name {name!r} exactly once: {list(columns)}")
+    if cols.count("timestamp") > 1:
+        raise InputError(f"columns name 'timestamp' twice: {list(columns)}")
+    return cols
+
+
+def _normal(name: Any) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _resolve_roles(
+    columns: list[str] | dict[str, str] | None, names: list[str] | None, n: int, where: str
+) -> dict[str, int]:
+    """Role -> field position, from ``columns``, the column names, or the field count."""
+    if isinstance(columns, list):
+        if len(columns) != n:
+            raise InputError(f"{where}: columns names {len(columns)} fields, the data has {n}")
+        return {role: k for k, role in enumerate(columns) if role != "_"}
+    given = columns or {}
+    if given and names is None:
+        raise InputError(f"{where}: no header to find {given} in; give columns as a list")
+    roles: dict[str, int] = {}
+    for role, name in given.items():
+        if name not in names:
+            raise InputError(f"{where}: no column {name!r} (columns: {', '.join(names)})")
+        roles[role] = names.index(name)
+    found: dict[str, int] = {}
+    for k, name in enumerate(names or ()):
+        role = _ROLE_OF.get(_normal(name))
+        if role is None or role in given or k in roles.values():
+            continue
+        if role in found:
+            raise InputError(
+                f"{where}: both {names[found[role]]!r} and {name!r} look like the {_WHAT[role]}; "
+                f"name one in columns"
+            )
+        found[role] = k
+    roles.update(found)
+    if all(role in roles for role in _REQUIRED):
+        return roles
+    if roles:  # some names are known: guessing the others by position could mislead
+        missing = next(role for role in _REQUIRED if role not in roles)
+        raise InputError(
+            f"{where}: cannot tell which column holds the {_WHAT[missing]} among "
+            f"{', '.join(names)}; name it in columns"
+        )
+    if n not in (3, 4):
+        raise InputError(f"{where}: cannot infer the columns from {n} fields; pass columns")
+    return dict(zip(_ROLES, range(n), strict=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Files: parts, decompression, hashing
+
+
+@dataclass
+class _Part:
+    """One input file."""
+
+    path: Path
+    label: str  # the name used in messages
+    parquet: bool
+    skip: int = 0  # text: lines up to and including the header, if there is one
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key putting part.2 before part.10."""
+    return [int(s) if s.isdigit() else s for s in _DIGITS_RE.split(path.name)]
+
+
+def _parts(input_path: str | os.PathLike) -> list[_Part]:
+    """The files of a file, a directory of part files or a glob pattern."""
+    label = os.fspath(input_path)
+    path = Path(input_path)
+    if path.is_dir():
+        paths = [p for p in path.iterdir() if not p.name.startswith((".", "_"))]
+    elif not path.exists() and any(c in label for c in "*?["):
+        paths = [Path(p) for p in glob.glob(label)]
+    elif not path.exists():
+        raise InputError(f"{label}: no such file")
+    else:
+        return [_Part(path, label, _is_parquet(path, label))]
+    # Writers leave empty files for empty partitions: they hold no ratings.
+    paths = sorted((p for p in paths if p.is_file() and p.stat().st_size > 0), key=_natural_key)
+    if not paths:
+        raise InputError(f"{label}: is a directory or pattern with no data files")
+    parts = [_Part(p, os.fspath(p), _is_parquet(p, os.fspath(p))) for p in paths]
+    if len({part.parquet for part in parts}) > 1:
+        raise InputError(f"{label}: mixes Parquet and text files")
+    return parts
+
+
+def _open(path: Path, label: str):
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{label}: is a directory, not a ratings file") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot open ({exc.strerror or exc})") from None
+
+
+def _is_parquet(path: Path, label: str) -> bool:
+    with _open(path, label) as f:
+        return f.read(4) == _PARQUET_MAGIC
+
+
+class _Hashed:
+    """A binary file that feeds what is read from it to a hash."""
+
+    def __init__(self, raw, sha) -> None:
+        self.raw, self.sha = raw, sha
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if self.sha is not None:
+            self.sha.update(data)
+        return data
+
+
+class _Source(io.RawIOBase):
+    """The text bytes of a file, decompressed when the content says so.
+
+    The bytes on disk go to ``sha`` as they are read. ``quoted`` records whether a quote
+    character occurred: pyarrow's CSV parser accepts malformed quoting such as ``"a"b``.
+    """
+
+    _REFUSED = {
+        b"PK\x03\x04": "a zip archive; extract the ratings file from it first",
+        b"\x28\xb5\x2f\xfd": "zstd-compressed; use gzip, bzip2 or xz",
+    }
+    _COMPRESSED = {
+        b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+        b"BZh": ("bzip2", bz2.BZ2File),
+        b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
+    }
+
+    def __init__(self, path: Path, label: str, sha=None) -> None:
+        super().__init__()
+        self.label = label
+        self.quoted = False
+        self._raw = _open(path, label)
+        magic = self._raw.read(8)
+        self._raw.seek(0)
+        for prefix, what in self._REFUSED.items():
+            if magic.startswith(prefix):
+                self._raw.close()
+                raise InputError(f"{label}: {what}")
+        self._hashed = _Hashed(self._raw, sha)
+        self._unpacked, self._kind = None, None
+        for prefix, (kind, opener) in self._COMPRESSED.items():
+            if magic.startswith(prefix):
+                self._unpacked, self._kind = opener(self._hashed), kind
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = (self._unpacked or self._hashed).read(size)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            what = f"corrupt or truncated {self._kind} stream" if self._kind else "cannot read"
+            raise InputError(f"{self.label}: {what} ({_one_line(exc)})") from None
+        if not self.quoted and b'"' in data:
+            self.quoted = True
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Read (and so hash) whatever the parser left on disk, e.g. a gzip trailer."""
+        while self._hashed.read(1 << 20):
+            pass
+
+    def close(self) -> None:
+        # Also runs from __del__ when __init__ failed half-way.
+        for f in (getattr(self, "_unpacked", None), getattr(self, "_raw", None)):
+            if f is not None:
+                f.close()
+        super().close()
 
 
 def _looks_binary(sample: bytes) -> bool:
@@ -258,24 +455,214 @@ def _looks_binary(sample: bytes) -> bool:
     return controls > 0.05 * max(1, len(sample))
 
 
+def _sha256_of(paths: list[Path]) -> str:
+    sha = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
 # --------------------------------------------------------------------------------------------
-# Field parsing (slow path, exact messages)
+# Text: layout, the fast reader and the line-by-line second pass
 
 
-def _parse_id(text: str, what: str, hint: str) -> int:
-    t = text.strip()
-    if _INT_RE.fullmatch(t):
-        value = int(t)
-        if value <= 0:
-            raise _LineError(f"{what} id {_show(t)} is not a positive integer")
-        if value > _INT64_MAX:
-            raise _LineError(f"{what} id {_show(t)} is out of range (larger than 2**63 - 1)")
-        return value
-    if not t:
-        raise _LineError(f"empty {what} id")
-    if _NUM_RE.fullmatch(t):  # a fractional number: the hint about string ids does not apply
-        hint = ""
-    raise _LineError(f"{what} id {_show(t)} is not a positive integer{hint}")
+@dataclass(frozen=True)
+class _TextLayout:
+    sep: str
+    n_fields: int
+    roles: dict[str, int]
+    header: list[str] | None  # the first part's header fields
+    format: str  # as reported
+
+
+def _lines(src: _Source, errors: str) -> io.TextIOWrapper:
+    """Lines split at \\n, \\r\\n and \\r, as pyarrow splits them; a byte-order mark dropped."""
+    buffered = io.BufferedReader(src, 1 << 16)
+    return io.TextIOWrapper(buffered, encoding="utf-8-sig", errors=errors, newline="")
+
+
+def _first_line(part: _Part) -> tuple[str, int]:
+    """The first non-blank line of a text part (without its line end) and its line number."""
+    with _Source(part.path, part.label) as src:
+        text = _lines(src, errors="replace")
+        head = text.buffer.peek(4096)[:4096]
+        if not head:
+            raise InputError(f"{part.label}: file is empty")
+        if _looks_binary(head):
+            raise InputError(f"{part.label}: binary data, not a text ratings file")
+        line_no = 0
+        while line := text.readline(_MAX_LINE):
+            line_no += 1
+            if len(line) == _MAX_LINE:
+                raise InputError(f"{part.label}: a line is longer than {_MAX_LINE} characters")
+            if line.strip():
+                return line.rstrip("\r\n"), line_no
+    raise InputError(f"{part.label}: no ratings (only blank lines)")
+
+
+def _guess_sep(name: str, line: str, label: str) -> str:
+    name = re.sub(r"\.(gz|bz2|xz)$", "", name.lower())
+    if name.endswith(".dat"):
+        preferred = "::"
+    elif name.endswith((".data", ".tsv")) or _ML100K_SPLIT_RE.fullmatch(name):
+        preferred = "\t"
+    elif name.endswith(".csv"):
+        preferred = ","
+    else:
+        preferred = None
+    for sep in (preferred, *_SEP_CANDIDATES):
+        if sep is not None and sep in line:
+            return sep
+    if preferred is not None:
+        return preferred  # the line-level message then says what was expected
+    raise InputError(
+        f"{label}: cannot tell the format from the file name or the first line; pass format or sep"
+    )
+
+
+def _split(line: str, sep: str, strict: bool = False) -> list[str]:
+    """Fields of one line: CSV quoting for a one-character separator, plain splitting else."""
+    if len(sep) > 1:
+        return line.split(sep)
+    try:
+        return next(csv.reader([line], delimiter=sep, strict=strict), [""])
+    except csv.Error as exc:
+        if strict:
+            raise _LineError(f"malformed CSV ({_one_line(exc)})") from None
+        return line.split(sep)
+
+
+def _is_number(text: str) -> bool:
+    return _NUM_RE.fullmatch(text.strip()) is not None
+
+
+def _text_layout(
+    parts: list[_Part], fmt: str, sep: str | None, columns: list | dict | None
+) -> _TextLayout:
+    """Separator and columns from the first part; every part's header (if any) is skipped."""
+    layout = None
+    for part in parts:
+        line, line_no = _first_line(part)
+        if layout is None:
+            if sep is None:
+                sep = _ML_SEP.get(fmt) or _guess_sep(part.path.name, line, part.label)
+            fields = _split(line, sep)
+            if len(fields) < 3:
+                raise InputError(
+                    f"{part.label}:{line_no}: {len(fields)} field(s) separated by {sep!r}, not "
+                    f"the 3 or more of user, item, rating; is format or sep wrong?"
+                )
+            header = None if any(_is_number(f) for f in fields) else [f.strip() for f in fields]
+            roles = _resolve_roles(columns, header, len(fields), f"{part.label}:{line_no}")
+            if fmt == "auto":  # report a MovieLens name when the layout is that file's
+                movielens = len(fields) == 4 and roles == dict(zip(_ROLES, range(4), strict=True))
+                fmt = _ML_BY_SEP.get(sep, "csv") if movielens else "csv"
+            layout = _TextLayout(sep, len(fields), roles, header, fmt)
+        is_header = not any(_is_number(f) for f in _split(line, layout.sep))
+        part.skip = line_no if is_header else 0
+    return layout
+
+
+def _skip_blank(row) -> str:
+    """pyarrow's handler of a row with the wrong field count: blank lines are no rows."""
+    return "skip" if not row.text.strip() else "error"
+
+
+def _text_batches(
+    part: _Part, layout: _TextLayout, chunk_rows: int, sha
+) -> Iterator[tuple[pa.Array, ...]]:
+    """(user, item, rating, timestamp or None) columns of a text part, a block at a time."""
+    # A separator of one character repeated m times is read as m separators with empty
+    # fields between, which must stay empty (the null type accepts nothing else).
+    width = len(layout.sep)
+    n_columns = (layout.n_fields - 1) * width + 1
+    names = [f"f{k}" for k in range(n_columns)]
+    types: dict[str, pa.DataType] = {names[k]: pa.null() for k in range(n_columns) if k % width}
+    ids = pa.dictionary(pa.int32(), pa.string())
+    wanted = {role: names[k * width] for role, k in layout.roles.items()}
+    types.update({wanted["user"]: ids, wanted["item"]: ids, wanted["rating"]: pa.float64()})
+    if "timestamp" in wanted:
+        types[wanted["timestamp"]] = pa.int64()
+    src = _Source(part.path, part.label, sha)
+    try:
+        reader = pa_csv.open_csv(
+            src,
+            read_options=pa_csv.ReadOptions(
+                column_names=names,
+                skip_rows=part.skip,
+                block_size=max(1 << 16, min(chunk_rows * 32, 1 << 30)),
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=layout.sep[0],
+                quote_char='"' if width == 1 else False,
+                invalid_row_handler=_skip_blank,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types,
+                include_columns=list(types),
+                null_values=[""],
+                strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            yield tuple(batch.column(wanted[r]) if r in wanted else None for r in _ROLES)
+        src.drain()
+    except pa.ArrowException as exc:
+        _locate(part, layout)
+        hint = "; raise chunk_rows" if "straddl" in str(exc) else ""
+        raise InputError(f"{part.label}: {_one_line(exc)}{hint}") from None
+    finally:
+        src.close()
+    if src.quoted and width == 1:
+        _locate(part, layout)  # pyarrow does not check the quoting: the csv module does
+
+
+def _text_records(part: _Part, layout: _TextLayout) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every data line, checking what pyarrow does not spell out."""
+    line_no = 0
+    with _lines(_Source(part.path, part.label), errors="surrogateescape") as text:
+        try:
+            for line_no, raw in enumerate(text, start=1):
+                line = raw.rstrip("\r\n")
+                if line_no <= part.skip:
+                    continue
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _LineError("not UTF-8 text") from None
+                if "\x00" in line:
+                    raise _LineError("binary data (NUL byte), not a ratings line")
+                fields = _split(line, layout.sep, strict=True)
+                if len(fields) != layout.n_fields:
+                    if not line.strip():  # skipped, as pyarrow does (see _skip_blank)
+                        continue
+                    raise _LineError(
+                        f"expected {layout.n_fields} fields separated by {layout.sep!r}, "
+                        f"found {len(fields)}"
+                        + ("" if raw.endswith(("\n", "\r")) else "; the last line is incomplete")
+                    )
+                yield line_no, fields
+        except _LineError as exc:
+            raise InputError(f"{part.label}:{line_no}: {exc}") from None
+
+
+def _locate(part: _Part, layout: _TextLayout) -> None:
+    """Raise the error of the first bad line of a text part, if reading line by line finds one."""
+    roles = layout.roles
+    for line_no, fields in _text_records(part, layout):
+        try:
+            if layout.header is not None and [f.strip() for f in fields] == layout.header:
+                raise _LineError("the header line appears again")
+            for role in ("user", "item"):
+                if not fields[roles[role]].strip():
+                    raise _LineError(f"empty {role} id")
+            _parse_rating(fields[roles["rating"]])
+            if "timestamp" in roles:
+                _parse_timestamp(fields[roles["timestamp"]])
+        except _LineError as exc:
+            raise InputError(f"{part.label}:{line_no}: {exc}") from None
 
 
 def _parse_rating(text: str) -> float:
@@ -284,6 +671,8 @@ def _parse_rating(text: str) -> float:
         value = float(t)
         if not math.isfinite(value):
             raise _LineError(f"rating {_show(t)} is not a finite number")
+        if abs(value) > _FLOAT32_MAX:
+            raise _LineError(f"rating {_show(t)} is too large for float32")
         return value
     if not t:
         raise _LineError("empty rating")
@@ -304,445 +693,263 @@ def _parse_timestamp(text: str) -> int:
     raise _LineError(f"timestamp {_show(t)} is not an integer")
 
 
-def _is_number(text: str) -> bool:
-    return _NUM_RE.fullmatch(text.strip()) is not None
-
-
-# --------------------------------------------------------------------------------------------
-# Fast vectorized parsing of MovieLens blocks
-
-_LUTS: dict[int, np.ndarray] = {}
-
-
-def _class_lut(sep_byte: int) -> np.ndarray:
-    """Byte -> class: 0 digit, 1 separator, 2 newline, 3 dot, 4 anything else."""
-    lut = _LUTS.get(sep_byte)
-    if lut is None:
-        lut = np.full(256, 4, dtype=np.uint8)
-        lut[ord("0") : ord("9") + 1] = 0
-        lut[sep_byte] = 1
-        lut[ord("\n")] = 2
-        lut[ord(".")] = 3
-        _LUTS[sep_byte] = lut
-    return lut
-
-
-def _digits_int(buf: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray | None:
-    """Unsigned integers of fields ending before ``ends``; None when not plain digits."""
-    width = int(lens.max())
-    if width > 19:  # 20 digits may overflow uint64
-        return None
-    value = np.zeros(len(ends), dtype=np.uint64)
-    for j in range(width):
-        # Fields are right-aligned in a window of `width` bytes; positions left of a field's
-        # first byte are masked to digit 0.
-        inside = lens >= width - j
-        b = buf[np.maximum(ends - width + j, 0)]
-        b = np.where(inside, b, 48)
-        if (b == 46).any():
-            return None
-        value = value * np.uint64(10) + (b - 48).astype(np.uint64)
-    if (value > np.uint64(_INT64_MAX)).any():
-        return None
-    return value.astype(np.int64)
-
-
-def _digits_decimal(buf: np.ndarray, ends: np.ndarray, lens: np.ndarray) -> np.ndarray | None:
-    """Decimals like ``4``, ``3.5``, ``4.0`` as float64; None when something else is there."""
-    width = int(lens.max())
-    if width > 16:
-        return None
-    n = len(ends)
-    mant = np.zeros(n, dtype=np.uint64)
-    frac = np.zeros(n, dtype=np.int64)
-    dots = np.zeros(n, dtype=np.int64)
-    for j in range(width):
-        inside = lens >= width - j
-        b = buf[np.maximum(ends - width + j, 0)]
-        is_dot = inside & (b == 46)
-        is_digit = inside & ~is_dot
-        frac += is_digit & (dots > 0)
-        dots += is_dot
-        mant = np.where(is_digit, mant * np.uint64(10) + (b - 48).astype(np.uint64), mant)
-    n_digits = lens - dots
-    if (dots > 1).any() or (n_digits < 1).any() or (n_digits > 15).any():
-        return None
-    # An exact integer divided by an exact power of ten: one correctly rounded operation,
-    # the same value float() gives.
-    return mant.astype(np.float64) / np.power(10.0, frac)
-
-
-def _fast_parse(data: bytes, sep: str) -> tuple[np.ndarray, ...] | None:
-    """Parse a block of ``user sep item sep rating sep timestamp`` lines, or return None."""
-    if sep == "::":
-        if b"\t" in data:
-            return None
-        data = data.replace(b"::", b"\t")
-        sep_byte = 9
-    else:
-        sep_byte = ord(sep)
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    cls = _class_lut(sep_byte)[buf]
-    if cls.max(initial=0) == 4:
-        return None
-    delim = np.flatnonzero((cls == 1) | (cls == 2))
-    if len(delim) == 0 or len(delim) % 4:
-        return None
-    kinds = cls[delim].reshape(-1, 4)
-    if not ((kinds[:, :3] == 1).all() and (kinds[:, 3] == 2).all()):
-        return None
-    starts = np.empty_like(delim)
-    starts[0] = 0
-    starts[1:] = delim[:-1] + 1
-    ends = delim.reshape(-1, 4)
-    lens = ends - starts.reshape(-1, 4)
-    if lens.min() < 1:
-        return None
-    user = _digits_int(buf, ends[:, 0], lens[:, 0])
-    if user is None or not user.all():
-        return None
-    item = _digits_int(buf, ends[:, 1], lens[:, 1])
-    if item is None or not item.all():
-        return None
-    rating = _digits_decimal(buf, ends[:, 2], lens[:, 2])
-    if rating is None:
-        return None
-    stamp = _digits_int(buf, ends[:, 3], lens[:, 3])
-    if stamp is None:
-        return None
-    return user, item, rating.astype(np.float32), stamp
-
-
-# --------------------------------------------------------------------------------------------
-# Accumulating parsed blocks
-
-
-class _Collector:
-    """Parsed columns in file order, plus the map from record number to line number."""
-
-    def __init__(self) -> None:
-        self.users: list[np.ndarray] = []
-        self.items: list[np.ndarray] = []
-        self.ratings: list[np.ndarray] = []
-        self.stamps: list[np.ndarray] = []
-        self.n = 0
-        # (first record, first line, explicit line numbers or None when consecutive)
-        self.lines: list[tuple[int, int, np.ndarray | None]] = []
-
-    def add(self, user, item, rating, stamp, first_line: int, lines: np.ndarray | None) -> None:
-        if len(user) == 0:
-            return
-        self.lines.append((self.n, first_line, lines))
-        self.users.append(user)
-        self.items.append(item)
-        self.ratings.append(np.asarray(rating, dtype=np.float32))
-        if stamp is not None:
-            self.stamps.append(stamp)
-        self.n += len(user)
-
-    def line_of(self, record: int) -> int:
-        starts = [s for s, _, _ in self.lines]
-        k = int(np.searchsorted(starts, record, side="right")) - 1
-        first, line, explicit = self.lines[k]
-        return int(explicit[record - first]) if explicit is not None else line + record - first
-
-    @staticmethod
-    def _take(parts: list[np.ndarray]) -> np.ndarray:
-        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        parts.clear()  # drop the block arrays as soon as they are merged
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Block parsers
-
-
-def _split_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    lines.pop()  # data ends with a newline
+def _text_lines(part: _Part, layout: _TextLayout, records: set[int]) -> dict[int, int]:
+    """Line number of each of some data records (0-based record numbers) of a text part."""
+    lines: dict[int, int] = {}
+    for k, (line_no, _) in enumerate(_text_records(part, layout)):
+        if k in records:
+            lines[k] = line_no
+            if len(lines) == len(records):
+                break
     return lines
 
 
-def _parse_ml_slow(
-    data: bytes, sep: str, first_line: int, label: str, fmt: str, complete: bool
-) -> tuple[np.ndarray, ...]:
-    hint = f" (ids are integers in {fmt}; use format='csv' for other ids)"
-    users, items, ratings, stamps, lines = [], [], [], [], []
-    raw_lines = _split_lines(data)
-    for k, raw in enumerate(raw_lines):
-        lineno = first_line + k
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if not raw.strip():
-            continue
-        if b"\x00" in raw:
-            raise InputError(f"{label}:{lineno}: binary data (NUL byte), not a ratings line")
-        fields = raw.decode("utf-8", "backslashreplace").split(sep)
+# --------------------------------------------------------------------------------------------
+# Typed columns (Parquet, DataFrames)
+
+
+def _typed_ids(arr: pa.Array, role: str, where: str) -> pa.DictionaryArray:
+    """Integer or string labels, dictionary-encoded."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_integer(arr.type):
         try:
-            if len(fields) != 4:
-                last = not complete and k == len(raw_lines) - 1
-                raise _LineError(
-                    f"expected 4 fields separated by {sep!r}, found {len(fields)}"
-                    + ("; the last line is incomplete" if last else "")
-                )
-            users.append(_parse_id(fields[0], "user", hint))
-            items.append(_parse_id(fields[1], "item", hint))
-            ratings.append(_parse_rating(fields[2]))
-            stamps.append(_parse_timestamp(fields[3]))
-        except _LineError as exc:
-            raise InputError(f"{label}:{lineno}: {exc}") from None
-        lines.append(lineno)
+            arr = arr.cast(pa.int64())
+        except pa.ArrowInvalid:
+            raise InputError(f"{where}: a {role} id is out of the int64 range") from None
+    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    else:
+        raise InputError(f"{where}: {_WHAT[role]} have type {arr.type}; use integers or strings")
+    return arr.dictionary_encode()
+
+
+def _typed_ratings(arr: pa.Array, where: str) -> pa.Array:
+    t = arr.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+        raise InputError(f"{where}: ratings have type {t}; ratings must be numbers")
+    return arr.cast(pa.float64())
+
+
+def _typed_timestamps(arr: pa.Array, where: str) -> pa.Array:
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        return arr.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
+    if pa.types.is_integer(t):
+        return arr.cast(pa.int64())
+    raise InputError(f"{where}: timestamps have type {t}; use integers or datetimes")
+
+
+def _typed_batch(columns: Mapping[str, pa.Array], where: str) -> tuple[pa.Array | None, ...]:
+    """(user, item, rating, timestamp or None) from the columns of a Parquet file or DataFrame."""
+    stamp = columns.get("timestamp")
     return (
-        np.array(users, dtype=np.int64),
-        np.array(items, dtype=np.int64),
-        np.array(ratings, dtype=np.float32),
-        np.array(stamps, dtype=np.int64),
-        np.array(lines, dtype=np.int64),
+        _typed_ids(columns["user"], "user", where),
+        _typed_ids(columns["item"], "item", where),
+        _typed_ratings(columns["rating"], where),
+        None if stamp is None else _typed_timestamps(stamp, where),
     )
 
 
-class _IdCoder:
-    """Maps string ids to codes in first-seen order."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
-
-    def encode(self, values: list[str]) -> np.ndarray:
-        codes = self.codes
-        out = np.empty(len(values), dtype=np.int64)
-        for k, v in enumerate(values):
-            c = codes.get(v)
-            if c is None:
-                c = codes[v] = len(codes)
-            out[k] = c
-        return out
-
-    def sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids in store order, rank of every code). Numeric order when all ids are integers."""
-        ids = list(self.codes)
-        if all(_INT_RE.fullmatch(s) for s in ids) and all(
-            -_INT64_MAX - 1 <= int(s) <= _INT64_MAX for s in ids
+def _parquet_batches(
+    part: _Part, columns: list | dict | None, chunk_rows: int
+) -> Iterator[tuple[pa.Array | None, ...]]:
+    try:
+        pfile = pq.ParquetFile(part.path)
+        names = pfile.schema_arrow.names
+        roles = _resolve_roles(columns, names, len(names), part.label)
+        for batch in pfile.iter_batches(
+            batch_size=chunk_rows, columns=[names[k] for k in roles.values()]
         ):
-            order = sorted(range(len(ids)), key=lambda k: (int(ids[k]), ids[k]))
+            yield _typed_batch({r: batch.column(names[k]) for r, k in roles.items()}, part.label)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{part.label}: cannot read Parquet ({_one_line(exc)})") from None
+
+
+def _frame_batches(
+    df: Any, roles: dict[str, Any], chunk_rows: int
+) -> Iterator[tuple[pa.Array | None, ...]]:
+    """Batches of a pandas DataFrame, or of a dask DataFrame one partition at a time."""
+    wanted = list(roles.values())
+    frames = (p.compute() for p in df[wanted].to_delayed()) if hasattr(df, "npartitions") else [df]
+    for frame in frames:
+        for start in range(0, len(frame), chunk_rows):
+            piece = frame.iloc[start : start + chunk_rows]
+            columns = {}
+            for role, name in roles.items():
+                try:
+                    column = pa.array(piece[name], from_pandas=True)
+                except (pa.ArrowException, TypeError, ValueError) as exc:
+                    raise InputError(
+                        f"DataFrame column {name!r}: the {_WHAT[role]} mix types or are not "
+                        f"{'numbers' if role == 'rating' else 'integers or strings'} "
+                        f"({_one_line(exc)})"
+                    ) from None
+                if isinstance(column, pa.ChunkedArray):
+                    column = column.combine_chunks()
+                columns[role] = column
+            yield _typed_batch(columns, "DataFrame")
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting batches
+
+
+def _first_bad(
+    user: pa.DictionaryArray,
+    item: pa.DictionaryArray,
+    rating: np.ndarray,
+    stamp: pa.Array | None,
+    trim: bool,
+) -> tuple[int, str] | None:
+    """(row, problem) of the first row of a batch with a missing or unusable value."""
+    found = []
+    for role, ids in (("user", user), ("item", item)):
+        if ids.null_count:
+            found.append((int(np.flatnonzero(ids.is_null())[0]), f"missing {role} id"))
+        if pa.types.is_string(ids.type.value_type):
+            labels = pc.utf8_trim_whitespace(ids.dictionary) if trim else ids.dictionary
+            bad = pc.or_(pc.equal(labels, ""), pc.match_substring(labels, "\x00"))
+            codes = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+            rows = np.flatnonzero(np.isin(ids.indices.to_numpy(zero_copy_only=False), codes))
+            if len(rows):
+                label = labels[ids.indices[int(rows[0])].as_py()].as_py()
+                found.append((int(rows[0]), f"{'NUL byte in' if label else 'empty'} {role} id"))
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(~np.isfinite(rating.astype(np.float32)))
+    if len(bad):
+        value = rating[bad[0]]
+        if np.isnan(value):
+            found.append((int(bad[0]), "missing or NaN rating"))
+        elif np.isinf(value):
+            found.append((int(bad[0]), f"rating {value} is not a finite number"))
         else:
-            order = sorted(range(len(ids)), key=ids.__getitem__)
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[np.array(order, dtype=np.int64)] = np.arange(len(ids), dtype=np.int64)
-        return np.array([ids[k] for k in order], dtype=object), rank
+            found.append((int(bad[0]), f"rating {value:g} is too large for float32"))
+    if stamp is not None and stamp.null_count:
+        found.append((int(np.flatnonzero(stamp.is_null())[0]), "missing timestamp"))
+    return min(found) if found else None
 
 
-def _parse_generic(
-    data: bytes,
-    sep: str,
-    positions: dict[str, int],
-    n_fields: int,
-    first_line: int,
-    label: str,
-    coders: tuple[_IdCoder, _IdCoder],
-    complete: bool,
-) -> tuple[np.ndarray, ...]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        lineno = first_line + data.count(b"\n", 0, exc.start)
-        raise InputError(f"{label}:{lineno}: not UTF-8 text") from None
-    if "\x00" in text:
-        lineno = first_line + text.count("\n", 0, text.index("\x00"))
-        raise InputError(f"{label}:{lineno}: binary data (NUL byte), not a ratings line")
-    lines = text.replace("\r\n", "\n").split("\n")
-    lines.pop()
-    users, items, ratings, stamps, linenos = [], [], [], [], []
-    pu, pi, pr = positions["user"], positions["item"], positions["rating"]
-    pt = positions.get("timestamp")
-    if len(sep) == 1:
-        reader = csv.reader(lines, delimiter=sep, strict=True)
-        # line_num is read after each row is produced: the row's last line.
-        rows = ((reader.line_num - 1, row) for row in reader)
-    else:
-        reader = None
-        rows = enumerate(line.split(sep) for line in lines)
-    offset = 0
-    try:
-        for offset, row in rows:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != n_fields:
-                last = not complete and offset == len(lines) - 1
-                raise _LineError(
-                    f"expected {n_fields} fields separated by {sep!r}, found {len(row)}"
-                    + ("; the last line is incomplete" if last else "")
-                )
-            user = row[pu].strip()
-            item = row[pi].strip()
-            if not user:
-                raise _LineError("empty user id")
-            if not item:
-                raise _LineError("empty item id")
-            users.append(user)
-            items.append(item)
-            ratings.append(_parse_rating(row[pr]))
-            if pt is not None:
-                stamps.append(_parse_timestamp(row[pt]))
-            linenos.append(first_line + offset)
-    except _LineError as exc:
-        raise InputError(f"{label}:{first_line + offset}: {exc}") from None
-    except csv.Error as exc:
-        lineno = first_line + reader.line_num - 1
-        raise InputError(f"{label}:{lineno}: malformed CSV ({_one_line(exc)})") from None
-    return (
-        coders[0].encode(users),
-        coders[1].encode(items),
-        np.array(ratings, dtype=np.float32),
-        np.array(stamps, dtype=np.int64) if pt is not None else None,
-        np.array(linenos, dtype=np.int64),
-    )
+class _Collected:
+    """The checked columns of all batches, in input order.
+
+    ``trim`` removes blanks around text labels; ``describe(record, first)`` names where two
+    rows are, for the duplicate message: ``("<where record is>", "<where first is>")``.
+    """
+
+    def __init__(self, trim: bool, describe: Callable[[int, int], tuple[str, str]]) -> None:
+        self.trim, self.describe = trim, describe
+        #: per batch: (distinct labels, index of each row among them)
+        self.users: list[tuple[pa.Array, np.ndarray]] = []
+        self.items: list[tuple[pa.Array, np.ndarray]] = []
+        self.ratings: list[np.ndarray] = []
+        self.stamps: list[np.ndarray] | None = None
+        self.n = 0
+
+    def add(self, user, item, rating, stamp) -> tuple[int, str] | None:
+        """Keep one batch, or return (row in the batch, problem) of its first bad row."""
+        values = rating.to_numpy(zero_copy_only=False)  # float64, NaN where null
+        bad = _first_bad(user, item, values, stamp, self.trim)
+        if bad is not None:
+            return bad
+        # Copies of exactly the rows' size: pyarrow's buffers are larger than their content.
+        self.users.append((user.dictionary, user.indices.to_numpy().copy()))
+        self.items.append((item.dictionary, item.indices.to_numpy().copy()))
+        self.ratings.append(values.astype(np.float32))
+        if stamp is not None:
+            self.stamps = self.stamps or []
+            self.stamps.append(stamp.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        self.n += len(user)
+        return None
+
+
+def _labels(batches: list[tuple[pa.Array, np.ndarray]], role: str, trim: bool):
+    """(sorted distinct labels, index of every row among them, "int64" or "string")."""
+    if len({labels.type for labels, _ in batches}) > 1:
+        raise InputError(f"{_WHAT[role]} mix types: integers in some rows, strings in others")
+    # Only the batches' distinct labels are sorted and matched; each batch's indices are then
+    # mapped straight into one array.
+    values = pa.concat_arrays([labels for labels, _ in batches])
+    if trim and pa.types.is_string(values.type):
+        values = pc.utf8_trim_whitespace(values)
+        if pc.all(pc.match_substring_regex(values, _PLAIN_INT)).as_py():
+            try:
+                values = values.cast(pa.int64())
+            except pa.ArrowInvalid:  # beyond int64: the labels stay strings
+                pass
+    distinct = pc.unique(values)
+    distinct = distinct.take(pc.sort_indices(distinct))
+    dtype = np.int32 if len(distinct) < 2**31 else np.int64
+    position = pc.index_in(values, value_set=distinct).to_numpy().astype(dtype)
+    index = np.empty(sum(len(rows) for _, rows in batches), dtype=dtype)
+    row = first = 0
+    for labels, rows in batches:
+        index[row : row + len(rows)] = position[first : first + len(labels)][rows]
+        row, first = row + len(rows), first + len(labels)
+    batches.clear()  # merged: drop them
+    if pa.types.is_integer(distinct.type):
+        return distinct.to_numpy(), index, "int64"
+    return distinct.to_numpy(zero_copy_only=False).astype(object), index, "string"
 
 
 # --------------------------------------------------------------------------------------------
-# Format, header and columns
+# Reading each kind of source
 
 
-def _resolve_format(fmt: str, sep: str | None, columns: Sequence[str] | None, path: Path) -> str:
-    if not isinstance(fmt, str):
-        raise InputError(f"format must be a string, not {fmt!r}")
-    fmt = FORMAT_ALIASES.get(fmt, fmt)
-    if fmt not in FORMATS:
-        names = ", ".join(FORMATS + tuple(FORMAT_ALIASES))
-        raise InputError(f"unknown format {fmt!r} (one of {names})")
-    if fmt in _ML_SEP and (sep is not None or columns is not None):
-        raise InputError(f"sep and columns apply to format='csv', not {fmt!r}")
-    if fmt != "auto":
-        return fmt
-    if sep is not None or columns is not None:
-        return "csv"
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith(".data") or _ML100K_SPLIT_RE.fullmatch(name):
-        return "ml-100k"
-    if name.endswith(".dat"):
-        return "ml-1m"
-    if name.endswith(".csv"):
-        return "ml-latest"
-    return "auto"  # decided from the first line
+def _part_of(starts: list[int], record: int) -> int:
+    return int(np.searchsorted(starts, record, side="right")) - 1
 
 
-def _sniff(line: str, label: str) -> str:
-    if "::" in line:
-        return "ml-1m"
-    if "\t" in line:
-        return "ml-100k"
-    if "," in line:
-        return "ml-latest"
-    raise InputError(
-        f"{label}: cannot tell the format from the file name or the first line; pass format="
-    )
+def _read_text(parts, fmt, sep, columns, chunk_rows) -> tuple[_Collected, str, str]:
+    """Columns, the format to report, and the SHA-256 of the files."""
+    layout = _text_layout(parts, fmt, sep, columns)
+    sha = hashlib.sha256()
+    starts: list[int] = []
+
+    def describe(record: int, first: int) -> tuple[str, str]:
+        k, j = _part_of(starts, record), _part_of(starts, first)
+        if k != j:
+            return describe(record, record)[0], describe(first, first)[0]
+        lines = _text_lines(parts[k], layout, {record - starts[k], first - starts[k]})
+        line, first_line = lines[record - starts[k]], lines[first - starts[k]]
+        return f"{parts[k].label}:{line}", f"line {first_line}"
+
+    data = _Collected(True, describe)
+    for part in parts:
+        starts.append(data.n)
+        for batch in _text_batches(part, layout, chunk_rows, sha):
+            bad = data.add(*batch)
+            if bad is not None:
+                _locate(part, layout)  # names the line; the fallback below names the record
+                record = data.n - starts[-1] + bad[0] + 1
+                raise InputError(f"{part.label}: data record {record}: {bad[1]}")
+    return data, layout.format, sha.hexdigest()
 
 
-def _check_columns(columns: Sequence[str]) -> list[str]:
-    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
-        raise InputError(f"columns must be a list of names, not {columns!r}")
-    cols = [c.strip().lower() for c in columns]
-    bad = [c for c in cols if c not in _COLUMN_NAMES]
-    if bad:
-        raise InputError(f"unknown column name {bad[0]!r} (use user, item, rating, timestamp, _)")
-    for name in ("user", "item", "rating"):
-        if cols.count(name) != 1:
-            raise InputError(f"columns must name {name!r} exactly once: {list(columns)}")
-    if cols.count("timestamp") > 1:
-        raise InputError(f"columns name 'timestamp' twice: {list(columns)}")
-    return cols
+def _read_parquet(parts, columns, chunk_rows) -> tuple[_Collected, str, str]:
+    starts: list[int] = []
 
+    def where(record: int) -> tuple[str, str]:
+        k = _part_of(starts, record)
+        return parts[k].label, f"row {record - starts[k] + 1}"
 
-def _split_line(line: str, sep: str, quoted: bool) -> list[str]:
-    if quoted and len(sep) == 1:
-        try:
-            return next(csv.reader([line], delimiter=sep), [])
-        except csv.Error:
-            return line.split(sep)
-    return line.split(sep)
+    def describe(record: int, first: int) -> tuple[str, str]:
+        (label, row), (first_label, first_row) = where(record), where(first)
+        there = first_row if first_label == label else f"{first_label}: {first_row}"
+        return f"{label}: {row}", there
 
-
-# --------------------------------------------------------------------------------------------
-# Titles
-
-
-def _read_titles(path: Path, numeric: bool) -> dict:
-    """Item id -> title from movies.csv, movies.dat or u.item (UTF-8, else latin-1)."""
-    label = os.fspath(path)
-    src = _Source(path, label)
-    try:
-        raw = b"".join(block for block, _ in src.blocks(1 << 16))
-    finally:
-        src.close()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # u.item and ml-1m movies.dat are latin-1
-    lines = text.replace("\r\n", "\n").split("\n")
-    first = next((ln for ln in lines if ln.strip()), "")
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".item") or (not name.endswith((".csv", ".dat")) and "|" in first):
-        kind, sep = "item", "|"
-    elif name.endswith(".dat") or (not name.endswith(".csv") and "::" in first):
-        kind, sep = "dat", "::"
-    else:
-        kind, sep = "csv", ","
-    if kind == "csv":
-        rows = csv.reader(lines, strict=True)
-    else:
-        rows = (ln.split(sep) for ln in lines)
-    titles: dict = {}
-    hint = " (movies file)"
-    lineno = 0
-    try:
-        for lineno, row in enumerate(rows, start=1):
-            if kind == "csv":
-                lineno = rows.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < 2:
-                raise _LineError(f"expected at least 2 fields separated by {sep!r}, found 1")
-            key_text = row[0].strip()
-            if lineno == 1 and (
-                key_text.lower() in _MOVIE_HEADERS if not numeric else not _is_number(key_text)
-            ):
-                continue  # header line
-            key = _parse_id(key_text, "movie", hint) if numeric else key_text
-            if not numeric and not key:
-                raise _LineError("empty movie id")
-            if key in titles:
-                raise _LineError(f"movie id {_show(key_text)} appears twice")
-            titles[key] = row[1].strip()
-    except (_LineError, csv.Error) as exc:
-        raise InputError(f"{label}:{lineno}: {_one_line(exc)}") from None
-    return titles
+    data = _Collected(False, describe)
+    for part in parts:
+        starts.append(data.n)
+        for batch in _parquet_batches(part, columns, chunk_rows):
+            bad = data.add(*batch)
+            if bad is not None:
+                raise InputError(f"{part.label}: row {data.n - starts[-1] + bad[0] + 1}: {bad[1]}")
+    return data, "parquet", _sha256_of([p.path for p in parts])
 
 
 # --------------------------------------------------------------------------------------------
 # Turning collected columns into store arrays
-
-
-def _index_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique ids, index of every element) for positive int64 ids."""
-    top = int(ids.max())
-    if top <= 8 * len(ids) + (1 << 22):
-        # Dense enough for a lookup table: linear time instead of a sort.
-        present = np.zeros(top + 1, dtype=bool)
-        present[ids] = True
-        uniq = np.flatnonzero(present).astype(np.int64)
-        dtype = np.int32 if len(uniq) < 2**31 else np.int64
-        lut = np.cumsum(present, dtype=dtype) - 1
-        return uniq, lut[ids]
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    dtype = np.int32 if len(uniq) < 2**31 else np.int64
-    return uniq, inverse.astype(dtype)
-
-
-def _index_dtype(n: int) -> type:
-    return np.int32 if n < 2**31 else np.int64
 
 
 def _indptr(index: np.ndarray, n: int) -> np.ndarray:
@@ -751,12 +958,72 @@ def _indptr(index: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _finish(data: _Collected, strict: bool) -> dict:
+    """Index ids, sort by (user, item), drop duplicates (last wins), build both orders."""
+    user_ids, user, user_type = _labels(data.users, "user", data.trim)
+    item_ids, item, item_type = _labels(data.items, "item", data.trim)
+    rating = np.concatenate(data.ratings)
+    stamp = None if data.stamps is None else np.concatenate(data.stamps)
+    data.ratings.clear()
+    data.stamps = None  # timestamps were views of pyarrow's buffers: give those back
+    pa.default_memory_pool().release_unused()
+    n_users, n_items = len(user_ids), len(item_ids)
+
+    key = user.astype(np.int64)
+    key *= n_items  # in place: no temporaries of 8 bytes per rating
+    key += item
+    order = np.argsort(key, kind="stable")  # equal keys stay in input order
+    del key
+    user = user[order]
+    item = item[order]
+    dup = (user[1:] == user[:-1]) & (item[1:] == item[:-1])  # same pair as the next row
+    n_dup = int(dup.sum())
+    if n_dup and strict:
+        second = int(order[1:][dup].min())  # the earliest row that repeats a pair
+        first = int(np.flatnonzero(order == second)[0])
+        while first > 0 and dup[first - 1]:  # back to the first row of that pair
+            first -= 1
+        here, there = data.describe(second, int(order[first]))
+        raise InputError(
+            f"{here}: duplicate rating of user {user_ids[user[first]]} for item "
+            f"{item_ids[item[first]]} (first at {there}); strict mode forbids duplicates"
+        )
+    keep = np.append(~dup, True)  # the last of each run of equal pairs wins
+    del dup
+    sel = order[keep]
+    del order
+    # One array at a time: each old one is freed before the next copy is made.
+    user = user[keep]
+    item = item[keep]
+    rating = rating[sel]
+    if stamp is not None:
+        stamp = stamp[sel]
+    del sel, keep
+    by_item = np.argsort(item, kind="stable")  # users stay sorted within an item
+    return {
+        "user_id_type": user_type,
+        "item_id_type": item_type,
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_ratings": len(user),
+        "n_duplicates": n_dup,
+        "user_ids": user_ids,
+        "item_ids": item_ids,
+        "user": user,
+        "item": item,
+        "rating": rating,
+        "timestamp": stamp,
+        "indptr": _indptr(user, n_users),
+        "t_indptr": _indptr(item, n_items),
+        "t_user": user[by_item],
+        "t_rating": rating[by_item],
+    }
+
+
 def _write_array(group, name: str, values: np.ndarray) -> None:
     chunk = max(1, min(len(values), _ARRAY_CHUNK))
-    if values.dtype == object:
-        arr = group.create_array(name, shape=values.shape, dtype=str, chunks=(chunk,))
-    else:
-        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(chunk,))
+    dtype = str if values.dtype == object else values.dtype
+    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(chunk,))
     if len(values):
         arr[...] = values
 
@@ -769,96 +1036,33 @@ def _is_ratings_store(path: Path) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------------------------
-# The entry point
-
-
-def ingest(
-    input_path: str | os.PathLike,
-    store_path: str | os.PathLike,
-    *,
-    format: str = "auto",
-    sep: str | None = None,
-    columns: Sequence[str] | None = None,
-    movies: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    strict: bool = False,
-    chunk_rows: int = 1_000_000,
-) -> IngestReport:
-    """Parse a ratings file and write a ratings store (layout: :mod:`dask_coded_als.store`).
-
-    Parameters
-    ----------
-    input_path : str or os.PathLike
-        The ratings file, plain or gzip-compressed.
-    store_path : str or os.PathLike
-        The store directory to create. Missing parent directories are created.
-    format : str, default "auto"
-        ``"auto"``, ``"ml-100k"``, ``"ml-1m"``, ``"ml-latest"``, ``"csv"`` or an alias in
-        :data:`FORMAT_ALIASES`; see the module docstring.
-    sep : str, optional
-        Field separator of a generic file (implies ``format="csv"``; default ``","``).
-    columns : sequence of str, optional
-        Field names of a generic file (implies ``format="csv"``), e.g.
-        ``["user", "item", "rating", "timestamp"]``; ``"_"`` skips a field.
-    movies : str or os.PathLike, optional
-        ``movies.csv``, ``movies.dat`` or ``u.item``; titles are stored as ``ids/titles``.
-    overwrite : bool, default False
-        Replace an existing store (only a ratings store; see the module docstring).
-    strict : bool, default False
-        Make a duplicate (user, item) pair an error instead of keeping the last one.
-    chunk_rows : int, default 1_000_000
-        About this many lines are parsed at a time (a memory/speed trade-off).
-
-    Returns
-    -------
-    IngestReport
-
-    Raises
-    ------
-    InputError
-        Bad parameters, a missing or unreadable input, malformed content (the message names the
-        file and line), an existing store without ``overwrite``.
-    """
-    t0 = time.perf_counter()
-    src_path = Path(input_path)
-    store = Path(store_path)
-    label = os.fspath(input_path)
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise InputError(f"chunk_rows must be a positive integer, not {chunk_rows!r}")
-    if sep is not None and (not isinstance(sep, str) or not sep or sep.strip("\r\n") != sep):
-        raise InputError(f"sep must be a non-empty string without line breaks, not {sep!r}")
-    cols = _check_columns(columns) if columns is not None else None
-    fmt = _resolve_format(format, sep, columns, src_path)
-    if src_path.is_dir():
-        raise InputError(f"{label}: is a directory, not a ratings file")
-    if not src_path.exists():
-        raise InputError(f"{label}: no such file")
-    if movies is not None and not Path(movies).is_file():
-        what = "is a directory" if Path(movies).is_dir() else "no such file"
-        raise InputError(f"{os.fspath(movies)}: {what}")
+def _check_target(store: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
     if store.exists() or store.is_symlink():
         if not overwrite:
             raise InputError(f"{store}: store exists; use --overwrite")
         if not store.is_dir() or not _is_ratings_store(store):
             raise InputError(f"{store}: exists and is not a ratings store; refusing to replace it")
-    if store.resolve() == src_path.resolve():
+    if any(store.resolve() == p.resolve() for p in inputs):
         raise InputError(f"{store}: the store path is the input file")
 
+
+def _store(
+    store: Path, data: _Collected, source: dict[str, Any], strict: bool, movies, t0: float
+) -> IngestReport:
+    """Finish the columns, write the store beside its place and swap it in."""
     created: list[Path] = []
     tmp = store.parent / f".{store.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        parsed = _parse_file(src_path, label, fmt, sep, cols, strict, chunk_rows)
+        parsed = _finish(data, strict)
         titles = None
         if movies is not None:
-            table = _read_titles(Path(movies), numeric=parsed["id_type"] == "int64")
-            keys = parsed["item_ids"].tolist()
-            titles = np.array([table.get(k, "") for k in keys], dtype=object)
+            table = _read_titles(Path(movies), numeric=parsed["item_id_type"] == "int64")
+            titles = np.array([table.get(k, "") for k in parsed["item_ids"].tolist()], dtype=object)
         for parent in reversed([store.parent, *store.parent.parents]):
             if not parent.exists():
                 parent.mkdir()
                 created.append(parent)
-        _write_store(tmp, parsed, titles, movies)
+        _write_store(tmp, parsed, titles, movies, source)
         _move_into_place(tmp, store)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -873,10 +1077,186 @@ def ingest(
         n_items=parsed["n_items"],
         n_ratings=parsed["n_ratings"],
         n_duplicates=parsed["n_duplicates"],
-        format=parsed["format"],
+        format=source["format"],
         store_path=store,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _check_movies(movies: str | os.PathLike | None) -> None:
+    if movies is not None and not Path(movies).is_file():
+        what = "is a directory" if Path(movies).is_dir() else "no such file"
+        raise InputError(f"{os.fspath(movies)}: {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# The entry points
+
+
+def ingest(
+    input_path: str | os.PathLike,
+    store_path: str | os.PathLike,
+    *,
+    format: str = "auto",
+    sep: str | None = None,
+    columns: Sequence[str] | Mapping[str, str] | None = None,
+    movies: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    chunk_rows: int = 1_000_000,
+) -> IngestReport:
+    """Read ratings from files and write a ratings store (layout: :mod:`dask_coded_als.store`).
+
+    Parameters
+    ----------
+    input_path : str or os.PathLike
+        A ratings file (delimited text, plain or gzip/bzip2/xz-compressed, or Parquet), a
+        directory of part files, or a glob pattern such as ``"out/part-*.csv"``.
+    store_path : str or os.PathLike
+        The store directory to create. Missing parent directories are created.
+    format : str, default "auto"
+        One of :data:`FORMAT_NAMES`; it fixes the separator of text (see the module docstring).
+        Parquet is recognised by content.
+    sep : str, optional
+        Field separator of text: one character, or one character repeated such as ``"::"``.
+        Only with ``format="auto"`` or ``"csv"``.
+    columns : list of str or mapping, optional
+        Which columns hold user ids, item ids, ratings and timestamps: a list naming every field
+        by position (``["user", "item", "rating", "timestamp"]``; ``"_"`` skips a field), or a
+        mapping from these roles to column names (``{"user": "reviewerID", "item": "asin"}``).
+        Default: found from the column names, else by position.
+    movies : str or os.PathLike, optional
+        ``movies.csv``, ``movies.dat`` or ``u.item``; titles are stored as ``ids/titles``.
+    overwrite : bool, default False
+        Replace an existing store (only a ratings store; see the module docstring).
+    strict : bool, default False
+        Make a duplicate (user, item) pair an error instead of keeping the last one.
+    chunk_rows : int, default 1_000_000
+        About this many rows are parsed at a time (a memory/speed trade-off).
+
+    Returns
+    -------
+    IngestReport
+
+    Raises
+    ------
+    InputError
+        Bad parameters, a missing or unreadable input, malformed content (the message names the
+        file and line or row), an existing store without ``overwrite``.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "books.csv").write_text("user,isbn,rating\\n7,0195153448,5\\n0,0195153448,3\\n")
+    >>> report = ingest(tmp / "books.csv", tmp / "books.zarr")
+    >>> report.n_users, report.n_items, report.format
+    (2, 1, 'csv')
+    >>> from dask_coded_als.store import open_store
+    >>> open_store(tmp / "books.zarr").item_ids.tolist()
+    ['0195153448']
+    """
+    t0 = time.perf_counter()
+    _check_chunk_rows(chunk_rows)
+    fmt = _resolve_format(format, sep, columns)
+    cols = _check_columns(columns)
+    parts = _parts(input_path)
+    _check_movies(movies)
+    store = Path(store_path)
+    _check_target(store, overwrite, [p.path for p in parts])
+    label = os.fspath(input_path)
+    if parts[0].parquet:
+        if fmt != "auto" or sep is not None:
+            raise InputError(f"{label}: Parquet, not text: format and sep do not apply")
+        data, fmt, sha = _read_parquet(parts, cols, chunk_rows)
+    else:
+        data, fmt, sha = _read_text(parts, fmt, sep, cols, chunk_rows)
+    if data.n == 0:
+        header = any(p.skip for p in parts)
+        raise InputError(f"{label}: no ratings{' after the header line' if header else ''}")
+    source = {"format": fmt, "source": Path(label).name, "sha256": sha}
+    return _store(store, data, source, strict, movies, t0)
+
+
+def ingest_dataframe(
+    df: Any,
+    store_path: str | os.PathLike,
+    *,
+    user: str | None = None,
+    item: str | None = None,
+    rating: str | None = None,
+    timestamp: str | bool | None = None,
+    movies: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    chunk_rows: int = 1_000_000,
+) -> IngestReport:
+    """Write a ratings store from a pandas or dask DataFrame with one rating per row.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame or dask.dataframe.DataFrame
+        The ratings. A dask DataFrame is computed one partition at a time.
+    store_path : str or os.PathLike
+        The store directory to create.
+    user, item, rating : str, optional
+        Column names. A name left out is found as in a header (``userId``, ``user_id``,
+        ``movieId``, ``rating``, ...: :data:`ROLE_NAMES`), else by position when the frame has
+        3 or 4 columns. Id columns must hold integers or strings (labels: see the module
+        docstring), the rating column numbers.
+    timestamp : str or False, optional
+        The timestamp column (integers or datetimes). By default a column named like a
+        timestamp is used if there is one; ``False`` stores none.
+    movies, overwrite, strict, chunk_rows
+        As for :func:`ingest`.
+
+    Returns
+    -------
+    IngestReport
+        With ``format="dataframe"``.
+
+    Raises
+    ------
+    InputError
+        Missing or unusable columns, a column mixing id types, a missing or non-finite value
+        (the message names ``DataFrame.iloc[row]``), an existing store without ``overwrite``.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"reviewerID": ["A3SGXH7AUHU8GW", "A1D87F6ZCVE5NK"],
+    ...                    "asin": ["B001E4KFG0", "B001E4KFG0"], "overall": [5.0, 4.0]})
+    >>> report = ingest_dataframe(df, pathlib.Path(tempfile.mkdtemp()) / "r.zarr")
+    >>> report.n_users, report.n_items, report.n_ratings
+    (2, 1, 2)
+    """
+    t0 = time.perf_counter()
+    _check_chunk_rows(chunk_rows)
+    if not (hasattr(df, "columns") and hasattr(df, "iloc")):
+        raise InputError(f"expected a pandas or dask DataFrame, not {type(df).__name__}")
+    names = [str(c) for c in df.columns]
+    given = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    given = {role: str(v) for role, v in given.items() if v is not None and v is not False}
+    positions = _resolve_roles(_check_columns(given), names, len(names), "DataFrame")
+    if timestamp is False:
+        positions.pop("timestamp", None)
+    _check_movies(movies)
+    store = Path(store_path)
+    _check_target(store, overwrite, [])
+
+    def describe(record: int, first: int) -> tuple[str, str]:
+        return f"DataFrame.iloc[{record}]", f"iloc[{first}]"
+
+    data = _Collected(False, describe)
+    for batch in _frame_batches(df, {r: df.columns[k] for r, k in positions.items()}, chunk_rows):
+        bad = data.add(*batch)
+        if bad is not None:
+            raise InputError(f"DataFrame.iloc[{data.n + bad[0]}]: {bad[1]}")
+    if data.n == 0:
+        raise InputError("DataFrame: no ratings (no rows)")
+    source = {"format": "dataframe", "source": "DataFrame", "sha256": None}
+    return _store(store, data, source, strict, movies, t0)
 
 
 def _move_into_place(tmp: Path, store: Path) -> None:
@@ -899,190 +1279,10 @@ def _move_into_place(tmp: Path, store: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _parse_file(
-    path: Path,
-    label: str,
-    fmt: str,
-    sep: str | None,
-    cols: list[str] | None,
-    strict: bool,
-    chunk_rows: int,
-) -> dict:
-    src = _Source(path, label)
-    try:
-        result = _parse_source(src, label, fmt, sep, cols, strict, chunk_rows)
-        result["sha256"] = src.hexdigest()
-    finally:
-        src.close()
-    result["source"] = path.name
-    return result
-
-
-def _parse_source(
-    src: _Source,
-    label: str,
-    fmt: str,
-    sep: str | None,
-    cols: list[str] | None,
-    strict: bool,
-    chunk_rows: int,
-) -> dict:
-    blocks = src.blocks(chunk_rows)
-    # Find the first non-blank line: it decides an unknown format, the header and the columns.
-    pending: list[tuple[bytes, bool]] = []
-    line_no = 1  # line number of the first line of the next block to process
-    first_text = None
-    first_line_no = 0
-    any_bytes = False
-    for block, had_nl in blocks:
-        if not any_bytes and _looks_binary(block[:4096]):
-            raise InputError(f"{label}: binary data, not a text ratings file")
-        any_bytes = True
-        match = _NON_BLANK_RE.search(block)
-        if match is None:
-            line_no += block.count(b"\n")  # only blank lines: nothing to keep
-            continue
-        pos = match.start()
-        start = block.rfind(b"\n", 0, pos) + 1
-        raw = block[start : block.index(b"\n", pos)]
-        first_text = raw.rstrip(b"\r").decode("utf-8", "backslashreplace")
-        first_line_no = line_no + block.count(b"\n", 0, start)
-        pending.append((block, had_nl))
-        break
-    if not any_bytes:
-        raise InputError(f"{label}: file is empty")
-    if first_text is None:
-        raise InputError(f"{label}: no ratings (only blank lines)")
-    if fmt == "auto":
-        fmt = _sniff(first_text, label)
-    if fmt == "csv":
-        sep = "," if sep is None else sep
-        first_fields = _split_line(first_text, sep, quoted=True)
-        if cols is None:
-            if len(first_fields) == 3:
-                cols = ["user", "item", "rating"]
-            elif len(first_fields) == 4:
-                cols = ["user", "item", "rating", "timestamp"]
-            else:
-                raise InputError(
-                    f"{label}:{first_line_no}: cannot infer the columns from "
-                    f"{len(first_fields)} fields; pass columns"
-                )
-    else:
-        sep = _ML_SEP[fmt]
-        first_fields = _split_line(first_text, sep, quoted=False)
-    header = not any(_is_number(f) for f in first_fields)
-
-    def all_blocks() -> Iterator[tuple[bytes, bool]]:
-        yield from pending
-        yield from blocks
-
-    collector = _Collector()
-    coders = (_IdCoder(), _IdCoder())
-    positions = {name: k for k, name in enumerate(cols)} if cols else {}
-    positions.pop("_", None)
-    for block, had_nl in all_blocks():
-        first = line_no
-        line_no += block.count(b"\n")
-        if header and first <= first_line_no < line_no:
-            # Drop everything up to and including the header line.
-            cut = 0
-            for _ in range(first_line_no - first + 1):
-                cut = block.index(b"\n", cut) + 1
-            block = block[cut:]
-            first = first_line_no + 1
-            if not block:
-                continue
-        if fmt == "csv":
-            u, i, r, t, lines = _parse_generic(
-                block, sep, positions, len(cols), first, label, coders, had_nl
-            )
-            collector.add(u, i, r, t, first, lines)
-            continue
-        if not had_nl:
-            # A last line without newline: drop trailing blanks so the fast path can take it.
-            block = block.rstrip(b" \t\r\n") + b"\n"
-        fast = _fast_parse(block, sep)
-        if fast is not None:
-            collector.add(*fast, first, None)
-        else:
-            u, i, r, t, lines = _parse_ml_slow(block, sep, first, label, fmt, had_nl)
-            collector.add(u, i, r, t, first, lines)
-    if collector.n == 0:
-        where = "after the header line" if header else "(only blank lines)"
-        raise InputError(f"{label}: no ratings {where}")
-    return _finish(collector, coders, fmt, strict, label)
-
-
-def _finish(
-    col: _Collector, coders: tuple[_IdCoder, _IdCoder], fmt: str, strict: bool, label: str
-) -> dict:
-    """Index ids, sort by (user, item), drop duplicates (last wins), build both orders."""
-    has_time = bool(col.stamps)
-    if fmt == "csv":
-        user_ids, user_rank = coders[0].sorted_ids()
-        item_ids, item_rank = coders[1].sorted_ids()
-        n_users, n_items = len(user_ids), len(item_ids)
-        user = user_rank.astype(_index_dtype(n_users))[col._take(col.users)]
-        item = item_rank.astype(_index_dtype(n_items))[col._take(col.items)]
-        id_type = "string"
-    else:
-        user_ids, user = _index_ids(col._take(col.users))
-        item_ids, item = _index_ids(col._take(col.items))
-        n_users, n_items = len(user_ids), len(item_ids)
-        id_type = "int64"
-    rating = col._take(col.ratings)
-    stamp = col._take(col.stamps) if has_time else None
-    n = len(user)
-
-    key = user.astype(np.int64) * n_items + item
-    order = np.argsort(key, kind="stable")  # equal keys stay in file order
-    key = key[order]
-    dup = key[1:] == key[:-1]
-    n_dup = int(dup.sum())
-    if n_dup and strict:
-        later = order[1:][dup]
-        second = int(later.min())
-        where = int(np.searchsorted(key, key[np.flatnonzero(order == second)[0]], side="left"))
-        first = int(order[where])
-        raise InputError(
-            f"{label}:{col.line_of(second)}: duplicate rating of user "
-            f"{user_ids[user[second]]} for item {item_ids[item[second]]} "
-            f"(first at line {col.line_of(first)}); strict mode forbids duplicates"
-        )
-    del key
-    keep = np.ones(n, dtype=bool)
-    keep[:-1] = ~dup  # the last of each run of equal keys wins
-    sel = order[keep]
-    del order, keep, dup
-    user = user[sel]
-    item = item[sel]
-    rating = rating[sel]
-    if stamp is not None:
-        stamp = stamp[sel]
-    del sel
-    by_item = np.argsort(item, kind="stable")  # users stay sorted within an item
-    return {
-        "format": fmt,
-        "id_type": id_type,
-        "n_users": n_users,
-        "n_items": n_items,
-        "n_ratings": len(user),
-        "n_duplicates": n_dup,
-        "user_ids": user_ids,
-        "item_ids": item_ids,
-        "user": user,
-        "item": item,
-        "rating": rating,
-        "timestamp": stamp,
-        "indptr": _indptr(user, n_users),
-        "t_indptr": _indptr(item, n_items),
-        "t_user": user[by_item],
-        "t_rating": rating[by_item],
-    }
-
-
-def _write_store(tmp: Path, parsed: dict, titles: np.ndarray | None, movies) -> None:
+def _write_store(
+    tmp: Path, parsed: dict, titles: np.ndarray | None, movies, source: dict[str, Any]
+) -> None:
+    user_type, item_type = parsed["user_id_type"], parsed["item_id_type"]
     attrs = {
         "layout": LAYOUT,
         "layout_version": LAYOUT_VERSION,
@@ -1090,10 +1290,12 @@ def _write_store(tmp: Path, parsed: dict, titles: np.ndarray | None, movies) -> 
         "n_items": parsed["n_items"],
         "n_ratings": parsed["n_ratings"],
         "n_duplicates": parsed["n_duplicates"],
-        "format": parsed["format"],
-        "source": parsed["source"],
-        "sha256": parsed["sha256"],
-        "id_type": parsed["id_type"],
+        "format": source["format"],
+        "source": source["source"],
+        "sha256": source["sha256"],
+        "id_type": user_type if user_type == item_type else "mixed",
+        "user_id_type": user_type,
+        "item_id_type": item_type,
         "has_timestamps": parsed["timestamp"] is not None,
         "has_titles": titles is not None,
         "movies_source": Path(movies).name if movies is not None else None,
@@ -1118,3 +1320,56 @@ def _write_store(tmp: Path, parsed: dict, titles: np.ndarray | None, movies) -> 
         _write_array(ids, "titles", titles)
     # Root attributes last: a store without them is not recognised as a ratings store.
     root.attrs.update(attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Titles
+
+
+def _read_titles(path: Path, numeric: bool) -> dict:
+    """Item id -> title from movies.csv, movies.dat or u.item (UTF-8, else latin-1)."""
+    label = os.fspath(path)
+    with _Source(path, label) as src:
+        raw = src.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # u.item and ml-1m movies.dat are latin-1
+    lines = text.replace("\r\n", "\n").split("\n")
+    first = next((ln for ln in lines if ln.strip()), "")
+    name = re.sub(r"\.(gz|bz2|xz)$", "", path.name.lower())
+    if name.endswith(".item") or (not name.endswith((".csv", ".dat")) and "|" in first):
+        kind, sep = "item", "|"
+    elif name.endswith(".dat") or (not name.endswith(".csv") and "::" in first):
+        kind, sep = "dat", "::"
+    else:
+        kind, sep = "csv", ","
+    rows = csv.reader(lines, strict=True) if kind == "csv" else (ln.split(sep) for ln in lines)
+    titles: dict = {}
+    lineno = 0
+    try:
+        for lineno, row in enumerate(rows, start=1):
+            if kind == "csv":
+                lineno = rows.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < 2:
+                raise _LineError(f"expected at least 2 fields separated by {sep!r}, found 1")
+            key_text = row[0].strip()
+            if lineno == 1 and (
+                key_text.lower() in _MOVIE_HEADERS if not numeric else not _is_number(key_text)
+            ):
+                continue  # header line
+            if not key_text:
+                raise _LineError("empty movie id")
+            if numeric and not _INT_RE.fullmatch(key_text):
+                raise _LineError(
+                    f"movie id {_show(key_text)} is not an integer (the item ids are integers)"
+                )
+            key = int(key_text) if numeric else key_text
+            if key in titles:
+                raise _LineError(f"movie id {_show(key_text)} appears twice")
+            titles[key] = row[1].strip()
+    except (_LineError, csv.Error) as exc:
+        raise InputError(f"{label}:{lineno}: {_one_line(exc)}") from None
+    return titles

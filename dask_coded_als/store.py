@@ -18,12 +18,15 @@ Layout (version 1), all paths relative to the store directory::
     factors/U, factors/V     float64 (n_users, d), (n_items, d), written by :func:`write_factors`
 
 Index arrays are int64 instead of int32 when a dimension reaches 2**31. Users and items are
-numbered in the order of their original ids (numeric order for integer ids).
+numbered in the sorted order of their original ids (numeric order for integer ids, code-point
+order for strings).
 
 Root attributes: ``layout`` (:data:`LAYOUT`), ``layout_version``, ``n_users``, ``n_items``,
-``n_ratings``, ``n_duplicates``, ``format``, ``source`` (file name), ``sha256`` (of the source
-file as stored on disk), ``id_type`` (``"int64"`` or ``"string"``), ``has_timestamps``,
-``has_titles``, ``movies_source``, ``ingest_id`` (random, changes with every ingest).
+``n_ratings``, ``n_duplicates``, ``format``, ``source`` (file, directory or pattern name, or
+``"DataFrame"``), ``sha256`` (of the source files as stored on disk; None for a DataFrame),
+``user_id_type`` and ``item_id_type`` (``"int64"`` or ``"string"``), ``id_type`` (their common
+value, or ``"mixed"``), ``has_timestamps``, ``has_titles``, ``movies_source``, ``ingest_id``
+(random, changes with every ingest).
 
 Atomic replacement of the ``gram`` and ``factors`` groups: the new group is written completely
 under a temporary sibling name (``tmp-<name>-<random>``), then moved into place with directory
@@ -189,7 +192,10 @@ def _as_store(store: StoreLike) -> RatingsStore:
 def _expected_arrays(attrs: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
     """Required array -> (length, allowed dtype kinds)."""
     n_users, n_items, n_ratings = attrs["n_users"], attrs["n_items"], attrs["n_ratings"]
-    id_kinds = "i" if attrs.get("id_type") == "int64" else "OTU"
+
+    def id_kinds(side: str) -> str:  # stores before per-side id types have one id_type
+        return "i" if attrs.get(f"{side}_id_type", attrs.get("id_type")) == "int64" else "OTU"
+
     expected = {
         "ratings/indptr": (n_users + 1, "i"),
         "ratings/user": (n_ratings, "i"),
@@ -198,8 +204,8 @@ def _expected_arrays(attrs: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
         "by_item/indptr": (n_items + 1, "i"),
         "by_item/user": (n_ratings, "i"),
         "by_item/rating": (n_ratings, "f"),
-        "ids/users": (n_users, id_kinds),
-        "ids/items": (n_items, id_kinds),
+        "ids/users": (n_users, id_kinds("user")),
+        "ids/items": (n_items, id_kinds("item")),
     }
     if attrs.get("has_timestamps", False):
         expected["ratings/timestamp"] = (n_ratings, "i")

@@ -58,6 +58,9 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from dask_coded_als.data.gram import gram
+from dask_coded_als.errors import NonFiniteFactorsError, RankDeficientError
+
 __all__ = [
     "ALSResult",
     "NonFiniteFactorsError",
@@ -88,14 +91,6 @@ OBJECTIVE_NOISE_FACTOR = 2.0
 OBJECTIVE_NOISE_OFFSET = 8.0
 
 Method = Literal["one-factor", "classical"]
-
-
-class RankDeficientError(ValueError):
-    """R (or the current factor) has numerical rank below ``n_factors`` and no effective ridge."""
-
-
-class NonFiniteFactorsError(FloatingPointError):
-    """A factor or a d x d master-side quantity became NaN or infinite."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,38 +512,6 @@ def relative_objective_change(prev: float, cur: float, noise: float = 0.0) -> fl
     if delta <= noise:
         return 0.0
     return delta / max(abs(float(cur)), _TINY)
-
-
-def gram(R: Any) -> tuple[np.ndarray, bool]:
-    """The smaller Gram matrix D of R, eq. (10).
-
-    Parameters
-    ----------
-    R : (m, n) array_like or scipy.sparse matrix
-        Data matrix.
-
-    Returns
-    -------
-    D : ndarray
-        Dense ``R^T R`` (n x n) if ``m >= n``, else ``R R^T`` (m x m), exactly symmetric.
-    transposed : bool
-        True when ``D = R R^T`` (then B is U), False when ``D = R^T R`` (B is V).
-
-    Examples
-    --------
-    >>> D, transposed = gram(np.ones((3, 2)))
-    >>> D, transposed
-    (array([[3., 3.],
-           [3., 3.]]), False)
-    """
-    if not _is_sparse(R):
-        R = np.asarray(R, dtype=np.float64)
-    m, n = R.shape
-    transposed = m < n
-    D = R @ R.T if transposed else R.T @ R
-    D = D.toarray() if _is_sparse(D) else np.asarray(D, dtype=np.float64)
-    # Sparse products are not exactly symmetric; the eigen/Cholesky code relies on D = D^T.
-    return _sym(D), transposed
 
 
 def factors_from_b(

@@ -7,7 +7,7 @@ correlate with the same affinity (see :func:`generate_ratings`).
 Importable (``generate_ratings``, ``make_titles``, ``write_movielens``) and a command line tool::
 
     python datasets/generate.py --format ml-latest --users 300 --items 250 --ratings 15000 \\
-        --out datasets/sample --seed 0
+        --out dask_coded_als/data/sample --seed 0
 
 Only numpy is needed. Writing is streamed in blocks of rows formatted with numpy byte arithmetic,
 so a 20M-line file is written without one Python object per line.

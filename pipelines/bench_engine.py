@@ -19,7 +19,8 @@ import numpy as np
 from distributed import Client
 
 from dask_coded_als import CodedALS
-from dask_coded_als.cluster import local_cluster
+from dask_coded_als.data.gram import gram
+from dask_coded_als.engine.cluster import local_cluster
 
 
 def data(m: int, n: int, rank: int, seed: int = 0) -> np.ndarray:
@@ -27,10 +28,6 @@ def data(m: int, n: int, rank: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n)) + 0.1 * (
         rng.standard_normal((m, n))
     )
-
-
-def gram_of(R: np.ndarray) -> np.ndarray:
-    return R.T @ R if R.shape[0] >= R.shape[1] else R @ R.T
 
 
 def fit(client: Client, R: np.ndarray, D: np.ndarray, iterations: int, **options: Any) -> dict:
@@ -60,7 +57,7 @@ def interleaved(
     client: Client, R: np.ndarray, configs: dict[str, dict], iterations: int, repeats: int
 ) -> dict[str, dict]:
     """Every configuration once per repetition, in turn; the median of each figure."""
-    D = gram_of(R)
+    D, _ = gram(R)
     for options in configs.values():  # warm-up: the first fit on fresh workers pays imports
         CodedALS(max_iter=1, tol=0, seed=0, **options).fit(R, client=client, gram=D)
     runs: dict[str, list[dict]] = {name: [] for name in configs}

@@ -35,9 +35,10 @@ import numpy as np
 import psutil
 from distributed import Client
 
-from dask_coded_als import CodedALS, fit_als, theory
-from dask_coded_als.cluster import worker_addresses
+from dask_coded_als import CodedALS, fit_als
+from dask_coded_als.coding import theory
 from dask_coded_als.engine import local_cluster
+from dask_coded_als.engine.cluster import worker_addresses
 from dask_coded_als.errors import ClusterError
 
 #: Relative difference of U V^T below which a run counts as identical to the fault-free fit.

@@ -25,11 +25,11 @@ import warnings
 import numpy as np
 import scipy.linalg
 
-from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
-from dask_coded_als.points import evaluation_points, vandermonde, worst_case_condition_number
+from dask_coded_als.coding.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
+from dask_coded_als.coding.points import evaluation_points, vandermonde, worst_case_condition_number
 
 SCHEMES = {"circle": None, "real": "real"}
-EXHAUSTIVE_LIMIT = 5000  # as in dask_coded_als.points
+EXHAUSTIVE_LIMIT = 5000  # as in dask_coded_als.coding.points
 COND_PAIRS = [
     (14, 11),
     (18, 15),

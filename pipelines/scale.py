@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "datasets"))
 import generate  # noqa: E402
 
 from dask_coded_als import CodedALS  # noqa: E402
-from dask_coded_als import store as stores  # noqa: E402
+from dask_coded_als.data import store as stores  # noqa: E402
+from dask_coded_als.data.ingest import ingest  # noqa: E402
 from dask_coded_als.engine import local_cluster  # noqa: E402
-from dask_coded_als.ingest import ingest  # noqa: E402
 
 
 def tree_rss() -> int:

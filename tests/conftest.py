@@ -1,45 +1,24 @@
-"""Shared fixtures: one LocalCluster of worker processes for the whole session."""
+"""Shared fixtures: one LocalCluster of worker processes for the whole session.
+
+Tests that use it are marked ``cluster`` (and the default run runs them all); helpers shared by
+several test files are in ``support``.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 from distributed import Client
+from support import N_WORKERS, load_campaign
 
 from dask_coded_als.engine import local_cluster
 
-N_WORKERS = 8
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_script(name: str, relative: str):
-    """Import a script of the repository (not a package module) from its path."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def load_campaign():
-    """pipelines/fault_campaign.py, the harness of the fault campaigns."""
-    return load_script("dask_coded_als_pipelines_fault_campaign", "pipelines/fault_campaign.py")
-
-
-def load_generator():
-    """datasets/generate.py is a script, not a package module: import it from its path."""
-    name = "dask_coded_als_datasets_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"client", "cluster_client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse.linalg as sla
+from support import SAMPLE
 
 from dask_coded_als import CodedALS
-from dask_coded_als import store as stores
-from dask_coded_als.evaluation import evaluate_factors, train_test_split
-from dask_coded_als.ingest import ingest
-
-SAMPLE = Path(__file__).resolve().parent.parent / "datasets" / "sample"
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
+from dask_coded_als.recsys.evaluation import evaluate_factors, train_test_split
 
 
 def test_precision_matches_svds_factors(client, tmp_path):

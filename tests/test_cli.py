@@ -7,23 +7,22 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.sparse.linalg import svds
+from support import SAMPLE
 
-from dask_coded_als import store as stores
-from dask_coded_als.cli import EXIT_CODES, _verdict, main
-from dask_coded_als.evaluation import (
+from dask_coded_als.cli import EXIT_CODES, main
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
+from dask_coded_als.recsys.evaluation import (
     evaluate_factors,
     evaluate_popularity,
     temporal_split,
     train_test_split,
+    verdict,
 )
-from dask_coded_als.ingest import ingest
-
-SAMPLE = Path(__file__).resolve().parent.parent / "datasets" / "sample"
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +105,8 @@ def test_fit_recommend_similar(sample_store, client, capsys):
 @pytest.mark.parametrize(
     "argv,code,message",
     [
-        (["fit", "{store}", "--factors", "5", "--h", "3"], "input", "h=3 needs 11"),
-        (["fit", "{store}", "--factors", "5", "--stragglers", "8"], "input", "n_stragglers=8"),
+        (["fit", "{store}", "--factors", "5", "--h", "3"], "input", "--h 3 needs 11"),
+        (["fit", "{store}", "--factors", "5", "--stragglers", "8"], "input", "--stragglers 8"),
         (["fit", "{store}", "--factors", "999"], "input", "exceeds min"),
         (["fit", "{store}", "--factors", "0"], "input", "expected an integer >= 1"),
         (["fit", "/nonexistent/x.zarr", "--factors", "5"], "input", "no such store"),
@@ -339,7 +338,7 @@ def test_verdict_line(model, popular, line):
     def metrics(pair):
         return {"precision@k": pair[0], "ndcg@k": pair[1]}
 
-    assert _verdict(metrics(model), metrics(popular), 10).startswith(line)
+    assert verdict(metrics(model), metrics(popular), 10).startswith(line)
 
 
 def test_demo_runs_the_whole_flow(tmp_path, capsys):

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from support import SAMPLE
 
-from dask_coded_als import store as stores
 from dask_coded_als.cli import EXIT_CODES, main
-from dask_coded_als.ingest import ingest
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "datasets" / "sample"
+
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 INPUT, CLUSTER = EXIT_CODES["input"], EXIT_CODES["cluster"]
 #: A port nothing listens on: connections are refused at once.
@@ -116,12 +117,12 @@ MODEL_NONSENSE = [
     (["--workers", "0"], "expected an integer >= 1"),
     (["--workers", "many"], "expected an integer"),
     (["--stragglers", "-1"], "expected an integer >= 0"),
-    (["--stragglers", "8"], "n_stragglers=8 must be smaller than n_workers=8"),
-    (["--stragglers", "3", "--workers", "2"], "must be smaller than n_workers=2"),
-    (["--h", "3"], "h=3 needs 11 answering workers"),
-    (["--h", "2", "--stragglers", "4"], "h=2 needs 5 answering workers"),
+    (["--stragglers", "8"], "--stragglers 8 must be smaller than --workers 8"),
+    (["--stragglers", "3", "--workers", "2"], "must be smaller than --workers 2"),
+    (["--h", "3"], "--h 3 needs 11 answering workers"),
+    (["--h", "2", "--stragglers", "4"], "--h 2 needs 5 answering workers"),
     (["--h", "0"], "expected an integer >= 1"),
-    (["--partition", "4,2"], r"partition=(4, 2) needs 9 answering workers"),
+    (["--partition", "4,2"], "--partition 4,2 needs 9 answering workers"),
     (["--partition", "3"], "expected auto or P,R"),
     (["--partition", "0,2"], "expected an integer >= 1"),
     (["--partition", "2,2", "--h", "2"], "give h or partition, not both"),

@@ -30,16 +30,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from distributed import Client
+from support import SAMPLE
 
 from dask_coded_als import CodedALS, fit_als
-from dask_coded_als import store as stores
 from dask_coded_als.cli import EXIT_CODES, main
-from dask_coded_als.cluster import connect, tls_security, worker_addresses
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
+from dask_coded_als.engine.cluster import connect, tls_security, worker_addresses
 from dask_coded_als.errors import ClusterError, InputError
-from dask_coded_als.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "datasets" / "sample" / "ratings.csv"
 #: The fit every test here runs: small, deterministic, no early stop.
 FIT_OPTIONS = ["--factors", "4", "--iterations", "4", "--tol", "0", "--seed", "1"]
 START_TIMEOUT = 60.0
@@ -201,7 +201,7 @@ def real_cluster(tmp_path_factory) -> Iterator[RealCluster]:
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cluster-store") / "sample.zarr"
-    ingest(SAMPLE, path)
+    ingest(SAMPLE / "ratings.csv", path)
     return path
 
 
@@ -461,8 +461,8 @@ def test_tls_files_are_checked_before_connecting(tmp_path):
         ((good[0], str(garbage), good[2]), ClusterError, "not a usable"),
         ((str(garbage), good[1], good[2]), ClusterError, "not a usable"),
         ((good[0], good[1], str(certs["worker_key"])), ClusterError, "not a usable"),
-        ((None, good[1], good[2]), InputError, "needs --tls-ca-file"),
-        ((good[0], None, good[2]), InputError, "needs --tls-cert"),
+        ((None, good[1], good[2]), InputError, "needs tls_ca_file"),
+        ((good[0], None, good[2]), InputError, "needs tls_cert"),
     ]
     for args, error, message in cases:
         with pytest.raises(error, match=message):
@@ -472,7 +472,7 @@ def test_tls_files_are_checked_before_connecting(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,error,message",
     [
-        (dict(tls_ca_file="ca.pem"), InputError, "need --scheduler or --scheduler-file"),
+        (dict(tls_ca_file="ca.pem"), InputError, "need scheduler= or scheduler_file="),
         (
             dict(scheduler="tcp://127.0.0.1:1", tls_ca_file="ca.pem", tls_cert="c.pem"),
             InputError,

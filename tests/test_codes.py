@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_coded_als import codes as codes_module
-from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
-from dask_coded_als.points import evaluation_points, worst_case_condition_number
+from dask_coded_als.coding import codes as codes_module
+from dask_coded_als.coding.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
+from dask_coded_als.coding.points import evaluation_points, worst_case_condition_number
 
 SCHEMES = [None, "real"]
 
@@ -179,7 +179,7 @@ class TestBadInput:
             EntangledPolynomialCode(2, 2, 2, 8)
 
     def test_bad_partition_and_points(self):
-        with pytest.raises(ValueError, match="p must be a positive integer"):
+        with pytest.raises(ValueError, match="p must be an integer >= 1"):
             EntangledPolynomialCode(0, 1, 1, 3)
         with pytest.raises(ValueError, match="points must be one of"):
             EntangledPolynomialCode(1, 1, 1, 3, "chebyshev")

@@ -10,28 +10,15 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import N_WORKERS
+from support import N_WORKERS, low_rank, product_gap
 
 from dask_coded_als import CodedALS, fit_als
 from dask_coded_als.als import RankDeficientError
-from dask_coded_als.cluster import worker_addresses
-from dask_coded_als.codes import ALSCode, matmul_t
+from dask_coded_als.coding.codes import ALSCode, matmul_t
 from dask_coded_als.engine import exchange, master, tasks
+from dask_coded_als.engine.cluster import worker_addresses
+from dask_coded_als.engine.stragglers import StragglerModel, TaskDelay
 from dask_coded_als.errors import ClusterError, InputError
-from dask_coded_als.stragglers import StragglerModel, TaskDelay
-
-
-def low_rank(m: int, n: int, rank: int = 4, noise: float = 1e-2, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n)) + noise * (
-        rng.standard_normal((m, n))
-    )
-
-
-def product_gap(model: CodedALS, reference) -> float:
-    P = model.user_factors_ @ model.item_factors_.T
-    Q = reference.user_factors @ reference.item_factors.T
-    return float(np.linalg.norm(P - Q) / np.linalg.norm(Q))
 
 
 def worker_pids(client) -> dict[str, int]:
@@ -450,11 +437,11 @@ def test_own_local_cluster_when_no_client():
     [
         (dict(h=3), "h=3 needs 11 answering workers"),
         (dict(partition=(4, 2)), r"partition=\(4, 2\) needs 9 answering workers"),
-        (dict(partition=(2, 0)), "r must be a positive integer"),
+        (dict(partition=(2, 0)), "r must be an integer >= 1"),
         (dict(partition="best"), "partition must be 'auto' or a pair"),
         (dict(h=2, partition=(2, 2)), "give h or partition, not both"),
         (dict(n_stragglers=8), "n_stragglers=8 must be smaller than n_workers=8"),
-        (dict(n_stragglers=-1), "n_stragglers must be >= 0"),
+        (dict(n_stragglers=-1), "n_stragglers must be an integer >= 0"),
         (dict(mode="fast"), "mode must be one of"),
         (dict(protocol="quick"), "protocol must be one of"),
         (dict(straggler_model="slow"), "straggler_model must be one of"),

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dask_coded_als.errors import InputError
-from dask_coded_als.evaluation import (
+from dask_coded_als.recsys.evaluation import (
     METRICS,
     evaluate_factors,
     evaluate_popularity,
@@ -149,7 +149,7 @@ def test_popularity_baseline():
 
 def test_metric_input_errors():
     score_fn = lambda users: SCORES[users]  # noqa: E731
-    with pytest.raises(InputError, match="k must be >= 1"):
+    with pytest.raises(InputError, match="k must be an integer >= 1"):
         ranking_metrics(score_fn, TRAIN, TEST, k=0)
     with pytest.raises(InputError, match="shape"):
         ranking_metrics(score_fn, TRAIN, TEST[:2], k=3)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from dask_coded_als.engine import local_cluster
-from dask_coded_als.experiments import (
+from dask_coded_als.bench import (
     BENCH_QUICK,
     PAPER_TABLE1,
     TABLE1_QUICK,
@@ -21,7 +20,10 @@ from dask_coded_als.experiments import (
     run_table1,
     table1_cells,
     time_to_gap,
+    write_report,
 )
+from dask_coded_als.engine import local_cluster
+from dask_coded_als.errors import InputError
 
 # The quick grid needs W = k + s = 22 workers for k = 20; the bench needs 13.
 N_WORKERS = max(TABLE1_QUICK.ks) + TABLE1_QUICK.n_stragglers
@@ -56,7 +58,8 @@ def test_time_to_gap():
 
 
 def test_table1_quick(experiment_client, tmp_path: Path):
-    result = run_table1(quick=True, out_dir=tmp_path, seed=0, client=experiment_client)
+    result = run_table1(quick=True, seed=0, client=experiment_client)
+    result["files"] = [str(f) for f in write_report(result, tmp_path)]
     for path in result["files"]:
         assert Path(path).is_file() and Path(path).stat().st_size > 0
     assert {Path(p).name for p in result["files"]} == {"table1.md", "table1.json", "table1.png"}
@@ -77,7 +80,8 @@ def test_table1_quick(experiment_client, tmp_path: Path):
 
 
 def test_bench_quick(experiment_client, tmp_path: Path):
-    result = run_bench(quick=True, out_dir=tmp_path, seed=0, client=experiment_client)
+    result = run_bench(quick=True, seed=0, client=experiment_client)
+    result["files"] = [str(f) for f in write_report(result, tmp_path)]
     names = {Path(p).name for p in result["files"]}
     assert names == {"bench.md", "bench.json", "bench_iteration.png", "bench_convergence.png"}
     for path in result["files"]:
@@ -104,3 +108,18 @@ def test_bench_quick(experiment_client, tmp_path: Path):
     assert all(r["seconds"] > 0 and math.isfinite(r["gap"]) for r in svd["runs"])
     assert result["ratios"]["fixed"]["coded"]["time_per_iteration_vs_coded"] == 1.0
     assert json.loads((tmp_path / "bench.json").read_text())["ratios"] == result["ratios"]
+
+
+def test_a_quick_run_never_writes_over_a_full_run(tmp_path: Path, capsys):
+    from dask_coded_als.bench.report import check_out_dir
+    from dask_coded_als.cli import EXIT_CODES, main
+
+    (tmp_path / "bench.json").write_text(json.dumps({"experiment": "bench", "quick": False}))
+    check_out_dir("bench", quick=False, out_dir=tmp_path)  # a full run may replace it
+    check_out_dir("table1", quick=True, out_dir=tmp_path)  # another experiment's folder
+    with pytest.raises(InputError, match="holds the results of a full bench run"):
+        check_out_dir("bench", quick=True, out_dir=tmp_path)
+    # the command line refuses before it runs anything
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == EXIT_CODES["input"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a quick run does not write over them" in err[0]

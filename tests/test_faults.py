@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import N_WORKERS, load_campaign
 from distributed import Client
+from support import N_WORKERS, load_campaign
 
-from dask_coded_als import theory
+from dask_coded_als.coding import theory
 from dask_coded_als.engine import master
 
 campaign = load_campaign()

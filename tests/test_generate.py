@@ -10,23 +10,23 @@ svds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import load_generator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import svds
+from support import (
+    SAMPLE,  # noqa: E402
+    load_generator,
+)
 
-from dask_coded_als import store as stores
 from dask_coded_als.als import fit_als
 from dask_coded_als.cli import build_parser
-from dask_coded_als.evaluation import evaluate_factors, evaluate_popularity, train_test_split
-from dask_coded_als.ingest import ingest
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
+from dask_coded_als.recsys.evaluation import evaluate_factors, evaluate_popularity, train_test_split
 
-SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "sample"
 gen = load_generator()
 
 

@@ -1,4 +1,4 @@
-"""Tests of dask_coded_als.ingest: formats, sources, ids as labels, duplicates, bad input,
+"""Tests of dask_coded_als.data.ingest: formats, sources, ids as labels, duplicates, bad input,
 atomicity. pandas, reading the same files, is the oracle for what the files hold."""
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import zarr
-from conftest import load_generator
+from support import SAMPLE, load_generator
 
 import dask_coded_als
-from dask_coded_als import ingest as ingest_mod
 from dask_coded_als.cli import EXIT_CODES, build_parser, main
+from dask_coded_als.data import ingest as ingest_mod
+from dask_coded_als.data.ingest import FORMAT_NAMES, IngestReport, ingest, ingest_dataframe
+from dask_coded_als.data.store import open_store, ratings_matrix, write_factors
 from dask_coded_als.errors import InputError
-from dask_coded_als.ingest import FORMAT_NAMES, IngestReport, ingest, ingest_dataframe
-from dask_coded_als.store import open_store, ratings_matrix, write_factors
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "data" / "bad"
 LABELS = Path(__file__).parent / "data" / "labels"
-SAMPLE = ROOT / "datasets" / "sample"
+
 HEADER = "userId,movieId,rating,timestamp\n"
 
 
@@ -800,7 +800,7 @@ def test_format_aliases_and_explicit_formats(tmp_path):
     [
         ({"format": "parquet"}, "unknown format 'parquet'"),
         ({"format": "ml-1m", "sep": ","}, "apply to format='csv'"),
-        ({"chunk_rows": 0}, "chunk_rows must be a positive integer"),
+        ({"chunk_rows": 0}, "chunk_rows must be an integer >= 1"),
         ({"sep": ""}, "sep must be a non-empty string"),
         ({"sep": "\n"}, "sep must be a non-empty string"),
         ({"columns": ["user", "item"]}, "must name 'rating' exactly once"),
@@ -974,7 +974,7 @@ def test_existing_store_needs_overwrite(tmp_path):
     src = small_file(tmp_path)
     ingest(src, tmp_path / "s.zarr")
     before = snapshot(tmp_path / "s.zarr")
-    with pytest.raises(InputError, match="store exists; use --overwrite"):
+    with pytest.raises(InputError, match="store exists; pass overwrite=True"):
         ingest(src, tmp_path / "s.zarr")
     assert snapshot(tmp_path / "s.zarr") == before
 

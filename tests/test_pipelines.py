@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import N_WORKERS, load_generator
+from support import N_WORKERS, load_generator
 
-from dask_coded_als import store as stores
+from dask_coded_als.data import store as stores
 
 ROOT = Path(__file__).resolve().parents[1]
 

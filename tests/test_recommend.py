@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from dask_coded_als.errors import InputError
-from dask_coded_als.recommend import recommend, recommend_by_id, similar_by_id, similar_items
+from dask_coded_als.recsys.recommend import recommend, recommend_by_id, similar_by_id, similar_items
 
 # Planted blocks: users 0-9 rate items 0-7, users 10-19 rate items 8-19 (different sizes, so the
 # two singular values differ). User 0 has not rated item 3, which the block says they would like.
@@ -73,11 +73,11 @@ def test_accepts_csr_array_and_coo():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n": 0}, "n must be >= 1"),
+        ({"n": 0}, "n must be an integer >= 1"),
         ({"n": 2.5}, "n must be an integer"),
         ({"n": True}, "n must be an integer"),
         ({"user_index": 20}, "out of range"),
-        ({"user_index": -1}, "user_index must be >= 0"),
+        ({"user_index": -1}, "user_index must be an integer >= 0"),
         ({"ratings_csr": np.zeros((20, 20))}, "scipy.sparse"),
         ({"ratings_csr": sp.csr_matrix((20, 19))}, "shape"),
         ({"ratings_csr": None}, "required"),
@@ -170,7 +170,7 @@ def test_similar_by_id_and_errors():
     assert records == [{"item_id": 9, "score": pytest.approx(2 / np.sqrt(4.01)), "title": "nine"}]
     with pytest.raises(InputError, match="^unknown item id 6$"):
         similar_by_id([7, 8, 9], item_factors, 6)
-    with pytest.raises(InputError, match="n must be >= 1"):
+    with pytest.raises(InputError, match="n must be an integer >= 1"):
         similar_items(item_factors, 0, n=0)
     with pytest.raises(InputError, match="out of range"):
         similar_items(item_factors, 3)

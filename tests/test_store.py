@@ -1,4 +1,4 @@
-"""Tests of dask_coded_als.store: layout checks, matrices, the Gram matrix and factors."""
+"""Tests of dask_coded_als.data.store: layout checks, matrices, the Gram matrix and factors."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import zarr
-from conftest import load_generator
+from support import load_generator
 
-from dask_coded_als import store as store_mod
-from dask_coded_als.errors import InputError
-from dask_coded_als.ingest import ingest
-from dask_coded_als.store import (
+from dask_coded_als.data import gram as gram_mod
+from dask_coded_als.data import store as store_mod
+from dask_coded_als.data.ingest import ingest
+from dask_coded_als.data.store import (
     RatingsStore,
     compute_gram,
     load_gram,
@@ -27,6 +27,7 @@ from dask_coded_als.store import (
     read_factors,
     write_factors,
 )
+from dask_coded_als.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +233,7 @@ def test_gram_by_column_blocks_matches_oracle(tmp_path, request, which, column_b
 def test_large_grams_are_computed_by_column_blocks(tall_copy, monkeypatch):
     path, oracle = tall_copy
     monkeypatch.setattr(store_mod, "GRAM_BY_COLUMNS_BYTES", 0)
-    monkeypatch.setattr(store_mod, "_tree_sum", None)  # the tree must not be used
+    monkeypatch.setattr(store_mod, "tree_sum", None)  # the tree must not be used
     D, _ = compute_gram(path)
     np.testing.assert_array_equal(D, (oracle.T @ oracle).toarray())
 
@@ -240,7 +241,7 @@ def test_large_grams_are_computed_by_column_blocks(tall_copy, monkeypatch):
 @pytest.mark.parametrize("threshold", [0.0, 2.0])
 def test_gram_dense_and_sparse_partial_sums(tall_copy, monkeypatch, threshold):
     path, oracle = tall_copy
-    monkeypatch.setattr(store_mod, "_DENSE_THRESHOLD", threshold)
+    monkeypatch.setattr(gram_mod, "DENSE_FRACTION", threshold)
     D, _ = compute_gram(path, rows_per_chunk=3, split_every=3)
     np.testing.assert_array_equal(D, (oracle.T @ oracle).toarray())
 
@@ -249,7 +250,7 @@ def test_gram_overwrite(tall_copy):
     path, oracle = tall_copy
     compute_gram(path, rows_per_chunk=10)
     before = {p: p.read_bytes() for p in (path / "gram").rglob("*") if p.is_file()}
-    with pytest.raises(InputError, match="gram exists; use --overwrite"):
+    with pytest.raises(InputError, match="gram exists; pass overwrite=True"):
         compute_gram(path)
     assert before == {p: p.read_bytes() for p in (path / "gram").rglob("*") if p.is_file()}
     D, _ = compute_gram(path, overwrite=True)

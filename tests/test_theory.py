@@ -1,4 +1,4 @@
-"""Tests of dask_coded_als.theory against hand-computed values and independent oracles."""
+"""Tests of dask_coded_als.coding.theory against hand-computed values and independent oracles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from dask_coded_als.theory import (
+from dask_coded_als.coding.theory import (
     ClusterRates,
     StageTime,
     best_h,

@@ -12,7 +12,7 @@ The engine knows Dask and the codes; it knows nothing of file formats.
 - :mod:`~dask_coded_als.engine.records`: the history's stage records and the phase timings.
 """
 
-from dask_coded_als.cluster import local_cluster
+from dask_coded_als.engine.cluster import local_cluster
 from dask_coded_als.engine.estimator import MODES, PROTOCOLS, CodedALS
 
 __all__ = ["CodedALS", "MODES", "PROTOCOLS", "local_cluster"]

@@ -1,4 +1,4 @@
-"""Measuring a cluster for the partition model (:func:`dask_coded_als.theory.choose_partition`).
+"""Measuring a cluster for the partition model (``coding.theory.choose_partition``).
 
 Takes about a second at the start of a fit with ``partition="auto"``: a product timed on one
 worker (seconds per multiply-add and their spread), an empty exchange (latency), a scatter of a
@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 from distributed import Client
 
-from dask_coded_als.theory import ClusterRates
+from dask_coded_als.coding.theory import ClusterRates
 
 __all__ = ["measure_rates"]
 

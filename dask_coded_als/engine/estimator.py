@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
-from dask_coded_als import theory
-from dask_coded_als._validation import check_int
-from dask_coded_als.cluster import local_cluster
-from dask_coded_als.codes import partition
+from dask_coded_als._util import check_int
+from dask_coded_als.coding import theory
+from dask_coded_als.coding.codes import partition
+from dask_coded_als.coding.points import POINT_FAMILIES
+from dask_coded_als.engine.cluster import cluster_for
 from dask_coded_als.engine.master import Master, Settings
+from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
 from dask_coded_als.errors import InputError
-from dask_coded_als.points import POINT_FAMILIES
-from dask_coded_als.stragglers import STRAGGLER_MODELS
 
 __all__ = ["CodedALS", "MODES", "PROTOCOLS"]
 
@@ -40,14 +39,14 @@ class CodedALS:
         W, workers used (the cluster must have at least this many).
     h : int or None
         The paper's h x h blocks of D, shorthand for ``partition=(h, h)``; with neither, the
-        largest h that tolerates ``n_stragglers`` (:func:`dask_coded_als.theory.best_h`).
+        largest h that tolerates ``n_stragglers`` (:func:`dask_coded_als.coding.theory.best_h`).
     partition : (int, int), "auto" or None
-        The member of the code family (see :class:`dask_coded_als.codes.ALSCode`): D's output
+        The member of the code family (see :class:`dask_coded_als.coding.codes.ALSCode`): D's output
         rows split p ways and its contraction r ways, recovery threshold ``p r + r - 1``, a
         worker's product ``l^2 d / (p r)`` multiply-adds on an operand of ``l d / r`` values.
         ``(k, 1)`` is the MDS-coded row split (least work per threshold, largest operand),
         ``(h, h)`` the paper's. ``"auto"`` measures the cluster at the start of the fit and
-        takes the partition :func:`dask_coded_als.theory.choose_partition` expects to be
+        takes the partition :func:`dask_coded_als.coding.theory.choose_partition` expects to be
         fastest. Coded mode only; not together with ``h``.
     n_stragglers : int, default 0
         s, how many slow or dead workers every stage must tolerate; also how many workers the
@@ -63,7 +62,7 @@ class CodedALS:
         as written, three coded exchanges per iteration. Both give the same iterates; the
         baselines always work like ``fast``.
     straggler_model : {"none", "fixed", "random", "shifted-exponential", "kill"}
-        See :class:`dask_coded_als.stragglers.StragglerModel`.
+        See :class:`dask_coded_als.engine.stragglers.StragglerModel`.
     straggler_delay : float
         Seconds of delay (or mean slowdown for ``shifted-exponential``).
     points : {"circle", "real"} or None
@@ -302,7 +301,7 @@ class CodedALS:
                 raise InputError(f"gram has shape {gram.shape}, expected {(size, size)}")
         resume = self._check_resume(resume, size)
         self.workers_: dict[int, str] = {}
-        with _cluster(client, self.n_workers) as active:
+        with cluster_for(client, self.n_workers) as (active, _):
             master = Master(active, settings, callback, checkpoint, self.workers_)
             result = master.run(R, gram, resume)
         self.user_factors_ = result.user_factors
@@ -357,12 +356,3 @@ def _check_data(R: Any) -> Any:
     if not np.all(np.isfinite(values)):
         raise InputError("R contains NaN or infinite values")
     return R
-
-
-@contextlib.contextmanager
-def _cluster(client: Client | None, n_workers: int) -> Iterator[Client]:
-    if client is not None:
-        yield client
-        return
-    with local_cluster(n_workers) as cluster, Client(cluster, timeout="60s") as own:
-        yield own

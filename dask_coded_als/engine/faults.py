@@ -1,6 +1,6 @@
 """Injecting the straggler model's faults into a fit: delays for the tasks, kills for the workers.
 
-:class:`dask_coded_als.stragglers.StragglerModel` decides (seeded, with no knowledge of Dask)
+:class:`dask_coded_als.engine.stragglers.StragglerModel` decides (seeded, with no knowledge of Dask)
 who is late and who dies when; this module carries it out on the cluster. A kill is a SIGKILL of
 the worker process, fired from a timer thread while the round runs; it is recorded once the
 scheduler no longer lists the worker, not when it is scheduled. Kills still pending when the fit
@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from distributed import Client
 
-from dask_coded_als.cluster import worker_addresses
-from dask_coded_als.stragglers import Kill, StragglerModel, TaskDelay
+from dask_coded_als.engine.cluster import worker_addresses
+from dask_coded_als.engine.stragglers import Kill, StragglerModel, TaskDelay
 
 __all__ = ["FaultInjector"]
 

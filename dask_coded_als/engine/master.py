@@ -39,16 +39,18 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 from threadpoolctl import threadpool_limits
 
-from dask_coded_als import als, theory
-from dask_coded_als.cluster import worker_addresses
+from dask_coded_als import als
+from dask_coded_als.coding import theory
+from dask_coded_als.coding.theory import ClusterRates
+from dask_coded_als.data.gram import block_gram, sum_parts, tree_sum
 from dask_coded_als.engine import tasks
 from dask_coded_als.engine.calibration import measure_rates
+from dask_coded_als.engine.cluster import worker_addresses
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
 from dask_coded_als.engine.faults import FaultInjector
 from dask_coded_als.engine.records import StageRecord, Timings
+from dask_coded_als.engine.stragglers import StragglerModel
 from dask_coded_als.errors import ClusterError
-from dask_coded_als.stragglers import StragglerModel
-from dask_coded_als.theory import ClusterRates
 
 __all__ = ["Master", "Settings", "FitResult"]
 
@@ -589,15 +591,6 @@ def _nbytes(value: Any) -> int:
     return int(getattr(value, "nbytes", 0))
 
 
-def _block_gram(block: Any) -> np.ndarray:
-    product = block.T @ block
-    return product.toarray() if sp.issparse(product) else np.asarray(product)
-
-
-def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a + b
-
-
 def compute_gram(client: Client, R: Any, n_workers: int, timeout: float) -> np.ndarray:
     """D = R^T R (or R R^T when R is wide) on the cluster: one product per row block of R (of
     R^T), summed as a tree."""
@@ -616,14 +609,10 @@ def compute_gram(client: Client, R: Any, n_workers: int, timeout: float) -> np.n
     blocks = [data[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
     try:
         futures = client.scatter(blocks, hash=False, timeout=timeout)
-        parts = client.map(_block_gram, futures, pure=False)
-        while len(parts) > 1:
-            pairs = [
-                client.submit(_add, a, b, pure=False)
-                for a, b in zip(parts[::2], parts[1::2], strict=False)
-            ]
-            parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
-        return np.asarray(parts[0].result(timeout=timeout), dtype=np.float64)
+        parts = client.map(block_gram, futures, pure=False)
+        total = tree_sum(parts, lambda *p: client.submit(sum_parts, *p, pure=False))
+        result = total.result(timeout=timeout)
+        return result.toarray() if sp.issparse(result) else np.asarray(result, np.float64)
     except TimeoutError:
         raise ClusterError(f"D was not computed within stage_timeout={timeout:g} s") from None
     except WORKER_LOST as exc:

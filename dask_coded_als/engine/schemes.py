@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_coded_als.codes import ALSCode
+from dask_coded_als.coding.codes import ALSCode
 from dask_coded_als.engine import tasks
 from dask_coded_als.engine.exchange import Exchange, FirstCopies, Scatter, Threshold
 from dask_coded_als.errors import InputError

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dask_coded_als.codes import matmul_t
-from dask_coded_als.stragglers import TaskDelay
+from dask_coded_als.coding.codes import matmul_t
+from dask_coded_als.engine.stragglers import TaskDelay
 
 __all__ = ["TaskReport", "run_task", "row_block_product", "stop", "take_ledger"]
 

@@ -21,10 +21,11 @@ This module holds the closed-form side of the method:
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 from scipy.stats import norm
+
+from dask_coded_als._util import check_int
 
 __all__ = [
     "ROYSTON_ALPHA",
@@ -50,20 +51,6 @@ __all__ = [
 ROYSTON_ALPHA = 0.375
 
 
-def _as_int(value: object, name: str, minimum: int) -> int:
-    """Return ``value`` as an int, or raise ValueError if it is not an integer >= ``minimum``."""
-    # bool is an int subclass, but True/False as a worker count is almost surely a bug.
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        as_int = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if as_int < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {as_int}")
-    return as_int
-
-
 def _as_float(value: object, name: str, *, positive: bool) -> float:
     """Return ``value`` as a finite float that is > 0 (``positive``) or >= 0."""
     try:
@@ -78,8 +65,8 @@ def _as_float(value: object, name: str, *, positive: bool) -> float:
 
 def _non_stragglers(n_workers: int, n_stragglers: int) -> int:
     """Validate (W, s) and return W - s, which must leave at least one responding worker."""
-    n_workers = _as_int(n_workers, "n_workers", 1)
-    n_stragglers = _as_int(n_stragglers, "n_stragglers", 0)
+    n_workers = check_int(n_workers, "n_workers", 1)
+    n_stragglers = check_int(n_stragglers, "n_stragglers", 0)
     if n_workers - n_stragglers < 1:
         raise ValueError(
             f"no h can tolerate {n_stragglers} stragglers on {n_workers} workers: "
@@ -114,7 +101,7 @@ def recovery_threshold(h: int) -> int:
     >>> [recovery_threshold(h) for h in range(1, 7)]
     [1, 5, 11, 19, 29, 41]
     """
-    h = _as_int(h, "h", 1)
+    h = check_int(h, "h", 1)
     return h * h + h - 1
 
 
@@ -217,8 +204,8 @@ def redundancy(n_workers: int, h: int) -> float:
     >>> redundancy(50, 5)
     2.0
     """
-    n_workers = _as_int(n_workers, "n_workers", 1)
-    h = _as_int(h, "h", 1)
+    n_workers = check_int(n_workers, "n_workers", 1)
+    h = check_int(h, "h", 1)
     return n_workers / (h * h)
 
 
@@ -246,7 +233,7 @@ def threshold_from_redundancy(n_workers: int, mu: float) -> float:
     >>> threshold_from_redundancy(50, redundancy(50, 5)) == recovery_threshold(5)
     True
     """
-    n_workers = _as_int(n_workers, "n_workers", 1)
+    n_workers = check_int(n_workers, "n_workers", 1)
     mu = _as_float(mu, "mu", positive=True)
     h_squared = n_workers / mu
     return h_squared + math.sqrt(h_squared) - 1
@@ -289,8 +276,8 @@ def expected_order_statistic(
     >>> round(expected_order_statistic(2, 2), 4)  # exact value: 1/sqrt(pi) = 0.5642
     0.5895
     """
-    n = _as_int(n, "n", 1)
-    r = _as_int(r, "r", 1)
+    n = check_int(n, "n", 1)
+    r = check_int(r, "r", 1)
     if r > n:
         raise ValueError(f"rank r must satisfy 1 <= r <= n, got r={r}, n={n}")
     try:
@@ -395,15 +382,15 @@ def expected_stage_times(
     >>> [(s.n_ops, s.threshold) for s in stages.values()]
     [(10000.0, 5), (800.0, 3), (800.0, 3), (800.0, 2)]
     """
-    h = _as_int(h, "h", 1)
+    h = check_int(h, "h", 1)
     k = _non_stragglers(n_workers, n_stragglers)
     if recovery_threshold(h) > k:
         raise ValueError(
             f"h={h} needs {recovery_threshold(h)} responses but only {k} of {n_workers} workers "
             f"respond with {n_stragglers} stragglers; use h <= best_h(n_workers, n_stragglers)"
         )
-    size = _as_int(size, "size", 1)
-    n_factors = _as_int(n_factors, "n_factors", 1)
+    size = check_int(size, "size", 1)
+    n_factors = check_int(n_factors, "n_factors", 1)
     op_mean = _as_float(op_mean, "op_mean", positive=True)
     op_std = _as_float(op_std, "op_std", positive=False)
 
@@ -514,8 +501,8 @@ def partition_threshold(p: int, r: int) -> int:
     >>> partition_threshold(3, 3), partition_threshold(11, 1), partition_threshold(5, 2)
     (11, 11, 11)
     """
-    p = _as_int(p, "p", 1)
-    r = _as_int(r, "r", 1)
+    p = check_int(p, "p", 1)
+    r = check_int(r, "r", 1)
     return p * r + r - 1
 
 
@@ -631,7 +618,7 @@ def expected_exchange_time(
     >>> round(t.upload, 4), round(t.compute, 4)
     (0.0104, 0.075)
     """
-    p, r = (_as_int(x, name, 1) for x, name in zip(partition, ("p", "r"), strict=True))
+    p, r = (check_int(x, name, 1) for x, name in zip(partition, ("p", "r"), strict=True))
     k = _non_stragglers(n_workers, n_stragglers)
     threshold = partition_threshold(p, r)
     if threshold > k:
@@ -639,8 +626,8 @@ def expected_exchange_time(
             f"partition ({p}, {r}) needs {threshold} answers but only {k} of {n_workers} workers "
             f"answer with {n_stragglers} stragglers"
         )
-    size = _as_int(size, "size", 1)
-    d = _as_int(n_factors, "n_factors", 1)
+    size = check_int(size, "size", 1)
+    d = check_int(n_factors, "n_factors", 1)
     n_ops = _arithmetic_factor(r, circle) * size * size * d / (p * r)
     compute = expected_order_statistic(
         threshold, k, n_ops * rates.op_mean, math.sqrt(n_ops) * rates.op_std

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dask_coded_als._validation import check_int
+from dask_coded_als._util import check_int
 from dask_coded_als.errors import InputError
+from dask_coded_als.recsys.topk import top_k
 
 __all__ = ["recommend", "recommend_by_id", "similar_by_id", "similar_items"]
 
@@ -48,21 +49,6 @@ def _check_index(value: Any, name: str, size: int) -> int:
     if index >= size:
         raise InputError(f"{name} {index} out of range for {size} rows")
     return index
-
-
-def _top_n(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the n largest scores, by score descending and ties by position ascending."""
-    size = scores.shape[0]
-    if n >= size:
-        chosen = np.arange(size)
-    else:
-        # The n-th largest value t; keep everything above t, then the lowest positions equal to t
-        # (argpartition alone would pick among ties at the boundary arbitrarily).
-        t = scores[np.argpartition(-scores, n - 1)[n - 1]]
-        above = np.flatnonzero(scores > t)
-        equal = np.flatnonzero(scores == t)[: n - above.size]
-        chosen = np.concatenate([above, equal])
-    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 def recommend(
@@ -132,7 +118,7 @@ def recommend(
         rated[csr.indices[csr.indptr[user] : csr.indptr[user + 1]]] = True
         candidates = np.flatnonzero(~rated)
     scores = v[candidates] @ u[user]
-    order = _top_n(scores, n)
+    order = top_k(scores, n)
     return candidates[order].astype(np.int64), scores[order]
 
 
@@ -293,7 +279,7 @@ def similar_items(
     unit = v / safe[:, None]
     candidates = np.flatnonzero(np.arange(v.shape[0]) != item)
     scores = np.clip(unit[candidates] @ unit[item], -1.0, 1.0)
-    order = _top_n(scores, n)
+    order = top_k(scores, n)
     return candidates[order].astype(np.int64), scores[order]
 
 

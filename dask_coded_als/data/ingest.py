@@ -112,8 +112,9 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.storage import LocalStore
 
+from dask_coded_als._util import check_int, one_line
+from dask_coded_als.data.store import LAYOUT, LAYOUT_VERSION
 from dask_coded_als.errors import InputError
-from dask_coded_als.store import LAYOUT, LAYOUT_VERSION
 
 __all__ = [
     "FORMATS",
@@ -208,18 +209,12 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # Parameters and columns
 
 
 def _check_chunk_rows(chunk_rows: Any) -> None:
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise InputError(f"chunk_rows must be a positive integer, not {chunk_rows!r}")
+    check_int(chunk_rows, "chunk_rows", 1)
 
 
 def _resolve_format(fmt: Any, sep: Any, columns: Any) -> str:
@@ -425,7 +420,7 @@ class _Source(io.RawIOBase):
             data = (self._unpacked or self._hashed).read(size)
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
             what = f"corrupt or truncated {self._kind} stream" if self._kind else "cannot read"
-            raise InputError(f"{self.label}: {what} ({_one_line(exc)})") from None
+            raise InputError(f"{self.label}: {what} ({one_line(exc)})") from None
         if not self.quoted and b'"' in data:
             self.quoted = True
         return data
@@ -530,7 +525,7 @@ def _split(line: str, sep: str, strict: bool = False) -> list[str]:
         return next(csv.reader([line], delimiter=sep, strict=strict), [""])
     except csv.Error as exc:
         if strict:
-            raise _LineError(f"malformed CSV ({_one_line(exc)})") from None
+            raise _LineError(f"malformed CSV ({one_line(exc)})") from None
         return line.split(sep)
 
 
@@ -612,7 +607,7 @@ def _text_batches(
     except pa.ArrowException as exc:
         _locate(part, layout)
         hint = "; raise chunk_rows" if "straddl" in str(exc) else ""
-        raise InputError(f"{part.label}: {_one_line(exc)}{hint}") from None
+        raise InputError(f"{part.label}: {one_line(exc)}{hint}") from None
     finally:
         src.close()
     if src.quoted and width == 1:
@@ -763,7 +758,7 @@ def _parquet_batches(
         ):
             yield _typed_batch({r: batch.column(names[k]) for r, k in roles.items()}, part.label)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{part.label}: cannot read Parquet ({_one_line(exc)})") from None
+        raise InputError(f"{part.label}: cannot read Parquet ({one_line(exc)})") from None
 
 
 def _frame_batches(
@@ -783,7 +778,7 @@ def _frame_batches(
                     raise InputError(
                         f"DataFrame column {name!r}: the {_WHAT[role]} mix types or are not "
                         f"{'numbers' if role == 'rating' else 'integers or strings'} "
-                        f"({_one_line(exc)})"
+                        f"({one_line(exc)})"
                     ) from None
                 if isinstance(column, pa.ChunkedArray):
                     column = column.combine_chunks()
@@ -1039,7 +1034,7 @@ def _is_ratings_store(path: Path) -> bool:
 def _check_target(store: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
     if store.exists() or store.is_symlink():
         if not overwrite:
-            raise InputError(f"{store}: store exists; use --overwrite")
+            raise InputError(f"{store}: store exists; pass overwrite=True to replace it")
         if not store.is_dir() or not _is_ratings_store(store):
             raise InputError(f"{store}: exists and is not a ratings store; refusing to replace it")
     if any(store.resolve() == p.resolve() for p in inputs):
@@ -1105,7 +1100,7 @@ def ingest(
     strict: bool = False,
     chunk_rows: int = 1_000_000,
 ) -> IngestReport:
-    """Read ratings from files and write a ratings store (layout: :mod:`dask_coded_als.store`).
+    """Read ratings from files and write a ratings store (layout: :mod:`dask_coded_als.data.store`).
 
     Parameters
     ----------
@@ -1152,7 +1147,7 @@ def ingest(
     >>> report = ingest(tmp / "books.csv", tmp / "books.zarr")
     >>> report.n_users, report.n_items, report.format
     (2, 1, 'csv')
-    >>> from dask_coded_als.store import open_store
+    >>> from dask_coded_als.data.store import open_store
     >>> open_store(tmp / "books.zarr").item_ids.tolist()
     ['0195153448']
     """
@@ -1371,5 +1366,5 @@ def _read_titles(path: Path, numeric: bool) -> dict:
                 raise _LineError(f"movie id {_show(key_text)} appears twice")
             titles[key] = row[1].strip()
     except (_LineError, csv.Error) as exc:
-        raise InputError(f"{label}:{lineno}: {_one_line(exc)}") from None
+        raise InputError(f"{label}:{lineno}: {one_line(exc)}") from None
     return titles

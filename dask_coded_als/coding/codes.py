@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.linalg
 
-from dask_coded_als.points import evaluation_points
+from dask_coded_als._util import check_int
+from dask_coded_als.coding.points import evaluation_points
 
 __all__ = [
     "partition",
@@ -70,10 +71,7 @@ def partition(h: int | tuple[int, int]) -> tuple[int, int]:
         p, r = pair
     except (TypeError, ValueError):
         raise ValueError(f"h must be a positive integer or a pair (p, r), got {h!r}") from None
-    for name, value in (("p", p), ("r", r)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r} (from {h!r})")
-    return int(p), int(r)
+    return check_int(p, "p", 1), check_int(r, "r", 1)
 
 
 class _Plan(NamedTuple):
@@ -280,7 +278,7 @@ class EntangledPolynomialCode:
     n_workers : int
         Number of workers W (at least the recovery threshold).
     points : {"circle", "real"}, array-like or None
-        Evaluation points, see :func:`dask_coded_als.points.evaluation_points`. The default
+        Evaluation points, see :func:`dask_coded_als.coding.points.evaluation_points`. The default
         (points on the unit circle) decodes stably; ``"real"`` is the paper's real-valued code.
     pairing : {"contraction", "output"} or None
         On the circle, which real blocks are paired into complex ones. ``"contraction"`` (the
@@ -312,10 +310,9 @@ class EntangledPolynomialCode:
         points: str | Sequence[complex] | None = None,
         pairing: str | None = None,
     ):
-        for name, value in (("p", p), ("q", q), ("r", r)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.p, self.q, self.r = int(p), int(q), int(r)
+        self.p, self.q, self.r = (
+            check_int(v, name, 1) for v, name in ((p, "p"), (q, "q"), (r, "r"))
+        )
         self.points = evaluation_points(n_workers, points)
         self.n_workers = int(n_workers)
         if self.recovery_threshold > self.n_workers:

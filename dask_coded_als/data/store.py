@@ -56,6 +56,14 @@ import scipy.sparse as sp
 import zarr
 from zarr.storage import LocalStore
 
+from dask_coded_als._util import check_int, one_line
+from dask_coded_als.data.gram import (
+    GRAM_BY_COLUMNS_BYTES,
+    block_gram,
+    gram_by_columns,
+    sum_parts,
+    tree_sum,
+)
 from dask_coded_als.errors import InputError
 
 __all__ = [
@@ -83,7 +91,6 @@ LAYOUT_VERSION = 1
 #: Ratings per block when ``rows_per_chunk`` is not given (about 12 MiB of CSR data).
 TARGET_RATINGS_PER_BLOCK = 1_000_000
 #: Above this density a partial Gram sum is kept dense: adding dense arrays is then cheaper.
-_DENSE_THRESHOLD = 0.25
 
 
 class RatingsStore:
@@ -164,14 +171,7 @@ class RatingsStore:
         try:
             return zarr.open_array(LocalStore(self.path, read_only=True), path=name, mode="r")
         except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-            raise InputError(
-                f"{self.path}: cannot open array {name!r} ({_one_line(exc)})"
-            ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+            raise InputError(f"{self.path}: cannot open array {name!r} ({one_line(exc)})") from None
 
 
 def _read_ids(arr: zarr.Array) -> np.ndarray:
@@ -229,7 +229,7 @@ def open_store(path: str | os.PathLike) -> RatingsStore:
     Parameters
     ----------
     path : str or os.PathLike
-        The store directory written by :func:`dask_coded_als.ingest.ingest`.
+        The store directory written by :func:`dask_coded_als.data.ingest.ingest`.
 
     Returns
     -------
@@ -252,7 +252,7 @@ def open_store(path: str | os.PathLike) -> RatingsStore:
         root = zarr.open_group(LocalStore(p, read_only=True), mode="r")
         attrs = dict(root.attrs)
     except Exception as exc:  # zarr raises many types for damaged metadata
-        raise InputError(f"{p}: cannot open the Zarr group ({_one_line(exc)})") from None
+        raise InputError(f"{p}: cannot open the Zarr group ({one_line(exc)})") from None
     if attrs.get("layout") != LAYOUT:
         raise InputError(f"{p}: not a ratings store (root attribute layout is not {LAYOUT!r})")
     version = attrs.get("layout_version")
@@ -363,12 +363,8 @@ def ratings_dask(
         float64, shape ``(n_users, n_items)`` (or transposed), chunks of CSR matrices.
     """
     st = _as_store(store)
-    if rows_per_chunk is not None and (
-        isinstance(rows_per_chunk, bool)
-        or not isinstance(rows_per_chunk, int | np.integer)
-        or rows_per_chunk < 1
-    ):
-        raise InputError(f"rows_per_chunk must be a positive integer, not {rows_per_chunk!r}")
+    if rows_per_chunk is not None:
+        check_int(rows_per_chunk, "rows_per_chunk", 1)
     group = "by_item" if transpose else "ratings"
     n_rows, n_cols = (st.n_items, st.n_users) if transpose else (st.n_users, st.n_items)
     indptr = st.array(f"{group}/indptr")[...].astype(np.int64, copy=False)
@@ -391,75 +387,6 @@ def ratings_dask(
     if len(blocks) == 1:
         return blocks[0]
     return da.concatenate(blocks, axis=0)
-
-
-def _block_gram(block: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
-    """R_i^T R_i for one row block, dense if that is smaller."""
-    prod = (block.T @ block).tocsr()
-    return _maybe_dense(prod)
-
-
-def _maybe_dense(mat: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
-    if sp.issparse(mat):
-        n = mat.shape[0] * mat.shape[1]
-        if n and mat.nnz > _DENSE_THRESHOLD * n:
-            return mat.toarray()
-    return mat
-
-
-def _sum_parts(*parts: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
-    """One node of the tree reduction: add sparse and dense partial sums."""
-    dense = [p for p in parts if not sp.issparse(p)]
-    sparse = [p for p in parts if sp.issparse(p)]
-    if dense:
-        total = dense[0].copy()
-        for p in dense[1:]:
-            total += p
-        for p in sparse:
-            total += p.toarray()
-        return total
-    total = sparse[0]
-    for p in sparse[1:]:
-        total = total + p
-    return _maybe_dense(total.tocsr())
-
-
-def _tree_sum(parts: list, split_every: int):
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_sum_parts, pure=True)(*parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-    return parts[0]
-
-
-#: Above this size a dense D is computed by column blocks into one array instead of by a tree of
-#: dense partial sums, each as large as D.
-GRAM_BY_COLUMNS_BYTES = 256 * 2**20
-
-
-def _column_block_gram(X_t: sp.csr_matrix, X_csc: sp.csc_matrix, a: int, b: int) -> np.ndarray:
-    """Columns a:b of D = X^T X: X^T @ X[:, a:b], dense."""
-    return np.asarray((X_t @ X_csc[:, a:b]).toarray(), dtype=np.float64)
-
-
-def _gram_by_columns(X: sp.csr_matrix, block: int, scheduler: str | None) -> np.ndarray:
-    """D = X^T X, one dask task per block of columns, written into a single array."""
-    n = X.shape[1]
-    # Named nodes: the matrices enter the graph once and are not hashed for every task.
-    token = uuid.uuid4().hex
-    X_t = dask.delayed(X.T.tocsr(), name=f"gram-xt-{token}")
-    X_csc = dask.delayed(X.tocsc(), name=f"gram-xcsc-{token}")
-    starts = list(range(0, n, block))
-    tasks = [dask.delayed(_column_block_gram, pure=False)(X_t, X_csc, a, a + block) for a in starts]
-    gram = np.empty((n, n))
-    # Compute a few blocks at a time so that at most a few dense blocks exist besides D.
-    step = 4
-    for i in range(0, len(tasks), step):
-        parts = dask.compute(*tasks[i : i + step], scheduler=scheduler)
-        for a, part in zip(starts[i : i + step], parts, strict=True):
-            gram[:, a : a + part.shape[1]] = part
-    return gram
 
 
 def _tmp_name(kind: str, name: str) -> str:
@@ -561,18 +488,19 @@ def compute_gram(
     if split_every < 2:
         raise InputError(f"split_every must be >= 2, not {split_every!r}")
     if st.has_gram and not overwrite:
-        raise InputError(f"{st.path}: gram exists; use --overwrite")
+        raise InputError(f"{st.path}: gram exists; pass overwrite=True to replace it")
     transposed = st.n_users < st.n_items
     side_l = min(st.n_users, st.n_items)
     if column_block is None and side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES:
         column_block = 2048
     if column_block is not None:
         R = ratings_matrix(st)
-        gram = _gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
+        gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
     else:
         blocks = ratings_dask(st, rows_per_chunk, transpose=transposed)
-        parts = [dask.delayed(_block_gram, pure=True)(b) for b in blocks.to_delayed().ravel()]
-        (result,) = dask.compute(_tree_sum(parts, split_every), scheduler=scheduler)
+        parts = [dask.delayed(block_gram, pure=True)(b) for b in blocks.to_delayed().ravel()]
+        node = dask.delayed(sum_parts, pure=True)
+        (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
         gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
     side = min(gram.shape[0], 2048) or 1
     attrs = {
@@ -680,7 +608,7 @@ def write_factors(
         # Round trip through JSON: what is stored is exactly what read_factors returns.
         meta = json.loads(json.dumps(meta))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"factor attrs are not JSON-serializable ({_one_line(exc)})") from None
+        raise InputError(f"factor attrs are not JSON-serializable ({one_line(exc)})") from None
     d = u.shape[1]
     chunks = {"U": (max(1, min(u.shape[0], 65536)), d), "V": (max(1, min(v.shape[0], 65536)), d)}
     group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
@@ -722,7 +650,7 @@ def write_checkpoint(store: StoreLike, B: np.ndarray, attrs: Mapping[str, Any]) 
     try:
         meta = json.loads(json.dumps(dict(attrs)))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"checkpoint attrs are not JSON-serializable ({_one_line(exc)})") from None
+        raise InputError(f"checkpoint attrs are not JSON-serializable ({one_line(exc)})") from None
     group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
     _write_group(st, "checkpoint", {"B": b}, group_attrs, {"B": b.shape})
 
@@ -743,7 +671,7 @@ def read_checkpoint(store: StoreLike) -> tuple[np.ndarray, dict[str, Any]] | Non
         meta = dict(group.attrs)
         B = np.asarray(group["B"][...], dtype=np.float64)
     except Exception as exc:  # any failure to read it means the checkpoint is damaged
-        raise InputError(f"{st.path}: the checkpoint is corrupt ({_one_line(exc)})") from None
+        raise InputError(f"{st.path}: the checkpoint is corrupt ({one_line(exc)})") from None
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the checkpoint belongs to another ingest")
     if B.ndim != 2 or not np.isfinite(B).all():

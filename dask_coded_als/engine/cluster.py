@@ -22,9 +22,29 @@ from typing import Any
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
+from dask_coded_als._util import one_line
 from dask_coded_als.errors import ClusterError, InputError
 
-__all__ = ["connect", "local_cluster", "tls_security", "worker_addresses"]
+__all__ = ["cluster_for", "connect", "local_cluster", "tls_security", "worker_addresses"]
+
+
+@contextlib.contextmanager
+def cluster_for(
+    client: Client | None, n_workers: int, timeout: float = 60.0, **options: Any
+) -> Iterator[tuple[Client, LocalCluster | None]]:
+    """``client`` itself, or a Client of a new LocalCluster of ``n_workers`` processes
+    (:func:`local_cluster` with ``options``) that is closed when the block ends.
+
+    Yields ``(client, cluster)``, the cluster being None when the client was given.
+    """
+    if client is not None:
+        yield client, None
+        return
+    with (
+        local_cluster(n_workers, **options) as cluster,
+        Client(cluster, timeout=f"{timeout}s", set_as_default=False) as own,
+    ):
+        yield own, cluster
 
 
 def worker_addresses(client: Client) -> set[str]:
@@ -57,11 +77,6 @@ def local_cluster(n_workers: int, **kwargs: Any) -> LocalCluster:
         # The scheduler's HTTP endpoint falls back to a free loopback port when 8787 is taken.
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         return LocalCluster(**options)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _protocol(address: str) -> str | None:
@@ -99,12 +114,12 @@ def tls_security(
     """
     missing = [
         option
-        for option, value in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert))
+        for option, value in (("tls_ca_file", tls_ca_file), ("tls_cert", tls_cert))
         if not value
     ]
     if missing:
         raise InputError(
-            f"TLS needs {' and '.join(missing)} (and --tls-key unless the certificate holds it)"
+            f"TLS needs {' and '.join(missing)} (and tls_key unless the certificate holds it)"
         )
     for what, name in (("CA file", tls_ca_file), ("certificate", tls_cert), ("key", tls_key)):
         if name is None:
@@ -129,7 +144,7 @@ def tls_security(
     except (ssl.SSLError, OSError, ValueError) as exc:
         given = ", ".join(str(name) for name in (tls_ca_file, tls_cert, tls_key) if name)
         raise ClusterError(
-            f"the TLS files {given} are not a usable CA, certificate and key ({_first_line(exc)})"
+            f"the TLS files {given} are not a usable CA, certificate and key ({one_line(exc)})"
         ) from None
     return security
 
@@ -142,7 +157,7 @@ def _address_from_file(scheduler_file: str) -> str:
         address = json.loads(path.read_text(encoding="utf-8"))["address"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise ClusterError(
-            f"scheduler file {scheduler_file} holds no scheduler address ({_first_line(exc)})"
+            f"scheduler file {scheduler_file} holds no scheduler address ({one_line(exc)})"
         ) from None
     if not isinstance(address, str) or not address:
         raise ClusterError(f"scheduler file {scheduler_file} holds no scheduler address")
@@ -151,7 +166,7 @@ def _address_from_file(scheduler_file: str) -> str:
 
 def _why(exc: BaseException, protocol: str | None) -> str:
     """A one-line reason for a failed connection."""
-    text = _first_line(exc)
+    text = one_line(exc)
     if isinstance(exc, ssl.SSLError) or "TLS" in text or "SSL" in text:
         return f"TLS handshake failed ({text})"
     if isinstance(exc, AssertionError) and protocol != "tls":
@@ -206,8 +221,8 @@ def connect(
     use_tls = bool(tls_ca_file or tls_cert or tls_key)
     if not (scheduler or scheduler_file):
         if use_tls:
-            raise InputError("the TLS options need --scheduler or --scheduler-file")
-        with local_cluster(n_workers) as cluster, Client(cluster, timeout=f"{timeout}s") as client:
+            raise InputError("the TLS options need scheduler= or scheduler_file=")
+        with cluster_for(None, n_workers, timeout) as (client, _):
             yield client
         return
 
@@ -226,9 +241,7 @@ def connect(
             raise InputError(f"the TLS options need a tls:// scheduler address, got {address}")
         security = tls_security(tls_ca_file, tls_cert, tls_key)
     elif protocol == "tls":
-        raise ClusterError(
-            f"{address} is a TLS scheduler: give --tls-ca-file, --tls-cert and --tls-key"
-        )
+        raise ClusterError(f"{address} is a TLS scheduler: give tls_ca_file, tls_cert and tls_key")
     try:
         client = Client(
             address=address,

@@ -35,11 +35,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dask_coded_als._validation import check_int
+from dask_coded_als._util import check_int
 from dask_coded_als.errors import InputError
+from dask_coded_als.recsys.topk import top_k
 
 __all__ = [
     "METRICS",
+    "SPLITS",
+    "describe_split",
+    "split_ratings",
+    "split_spec",
+    "verdict",
     "evaluate_factors",
     "evaluate_popularity",
     "ranking_metrics",
@@ -161,7 +167,7 @@ def temporal_split(
     ----------
     ratings_csr : scipy.sparse matrix or array
         Ratings, shape (n_users, n_items), in canonical form (sorted indices, no duplicate
-        entries), as :func:`dask_coded_als.store.ratings_matrix` returns it.
+        entries), as :func:`dask_coded_als.data.store.ratings_matrix` returns it.
     timestamps : array_like
         One finite number per stored entry, in the order of ``ratings_csr.data`` (the store's
         ``ratings/timestamp`` array has that order).
@@ -203,23 +209,6 @@ def temporal_split(
     # negated exactly, whatever their dtype).
     time_rank = np.unique(stamps, return_inverse=True)[1].reshape(-1).astype(np.int64)
     return _hold_out(ratings_csr, csr, fraction, (-csr.indices, -time_rank))
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Columns of the k largest scores per row, score descending, ties by column ascending."""
-    n_rows, n_cols = scores.shape
-    if k >= n_cols:
-        return np.argsort(-scores, axis=1, kind="stable")
-    # The k-th largest value t per row: keep the entries above t, then the lowest columns equal
-    # to t, so that exactly k are kept per row (argpartition alone breaks ties arbitrarily).
-    t = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-    above = scores > t
-    equal = scores == t
-    need = k - above.sum(axis=1, keepdims=True)
-    keep = above | (equal & (np.cumsum(equal, axis=1) <= need))
-    cols = np.nonzero(keep)[1].reshape(n_rows, k)
-    order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cols, order, axis=1)
 
 
 def ranking_metrics(
@@ -305,7 +294,7 @@ def ranking_metrics(
             raise InputError("score_fn returned NaN or infinite scores")
         seen = train[batch].tocoo()
         scores[seen.row, seen.col] = -np.inf
-        top = _top_k(scores, cutoff)
+        top = top_k(scores, cutoff)
         hits = np.take_along_axis(relevance[batch].toarray(), top, axis=1).astype(np.float64)
         # Excluded (training) items sort last; they are never relevant-and-unseen, so never hits.
         hits[np.take_along_axis(scores, top, axis=1) == -np.inf] = 0.0
@@ -410,3 +399,77 @@ def evaluate_popularity(
         relevant,
         batch_size,
     )
+
+
+# ---- splits as records, and the verdict --------------------------------------------------------
+
+#: How ratings are held out: a random part or the newest part of each user's ratings.
+SPLITS = ("random", "temporal")
+
+
+def split_spec(method: str, test_fraction: float, seed: int) -> dict[str, Any]:
+    """A split as recorded with factors fitted on its training part (the seed only if used).
+
+    Examples
+    --------
+    >>> split_spec("random", 0.2, 0)
+    {'method': 'random', 'test_fraction': 0.2, 'seed': 0}
+    >>> split_spec("temporal", 0.1, 7)
+    {'method': 'temporal', 'test_fraction': 0.1}
+    """
+    if method not in SPLITS:
+        raise InputError(f"split method must be one of {SPLITS}, got {method!r}")
+    spec: dict[str, Any] = {"method": method, "test_fraction": test_fraction}
+    if method == "random":
+        spec["seed"] = seed
+    return spec
+
+
+def split_ratings(
+    ratings: sp.spmatrix, spec: dict[str, Any], timestamps: np.ndarray | None = None
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The training and test matrices of a recorded split ``spec`` (checked: it may come from a
+    store), with ``timestamps`` (aligned with the CSR data of ``ratings``) for a temporal one."""
+    method = spec.get("method")
+    if method == "temporal":
+        if timestamps is None:
+            raise InputError("the ratings have no timestamps, so there is no temporal split")
+        return temporal_split(ratings, timestamps, spec.get("test_fraction"))
+    seed = spec.get("seed")
+    if method != "random" or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"unreadable split {spec!r}")
+    return train_test_split(ratings, spec.get("test_fraction"), seed)
+
+
+def describe_split(spec: dict[str, Any]) -> str:
+    """The split in words, e.g. ``random split (20% of each user's ratings held out, seed 0)``."""
+    share = f"{spec['test_fraction']:.0%} of each user's ratings"
+    if spec["method"] == "temporal":
+        return f"temporal split (the newest {share} held out)"
+    return f"random split ({share} held out, seed {spec['seed']})"
+
+
+def verdict(model: dict[str, Any], popular: dict[str, Any], k: int) -> str:
+    """One line: which ranker has the higher precision@k and NDCG@k, and by how much.
+
+    Examples
+    --------
+    >>> line = verdict({"precision@k": 0.2, "ndcg@k": 0.3}, {"precision@k": 0.1, "ndcg@k": 0.2}, 10)
+    >>> line.split(":")[0], line.split(", ")[1]
+    ('the model beats popularity', 'NDCG@10 0.3000 vs 0.2000 (1.50x)')
+    """
+    parts, winners = [], set()
+    for key, label in (("precision@k", f"precision@{k}"), ("ndcg@k", f"NDCG@{k}")):
+        ours, theirs = model[key], popular[key]
+        winners.add("model" if ours > theirs else "popularity" if theirs > ours else "tie")
+        high, low = max(ours, theirs), min(ours, theirs)
+        ratio = f" ({high / low:.2f}x)" if low > 0 else ""
+        parts.append(f"{label} {ours:.4f} vs {theirs:.4f}{ratio}")
+    detail = ", ".join(parts)
+    if winners == {"model"}:
+        return f"the model beats popularity: {detail}"
+    if winners == {"popularity"}:
+        return f"popularity beats the model: {detail}"
+    if winners == {"tie"}:
+        return f"the model and popularity tie: {detail}"
+    return f"no clear winner between the model and popularity: {detail}"

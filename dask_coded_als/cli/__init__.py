@@ -1,0 +1,73 @@
+"""Command-line interface: ``dask-coded-als SUBCOMMAND ...``, one module per subcommand.
+
+Thin by design: a subcommand parses its options, calls the public API and prints. Failures map to
+exit codes (:data:`EXIT_CODES`) with a one-line message that speaks of flags, never a traceback
+(``-v`` adds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from dask_coded_als import __version__
+from dask_coded_als._util import one_line
+from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend
+from dask_coded_als.cli.options import EXIT_CODES, Parser, as_flags
+
+__all__ = ["EXIT_CODES", "build_parser", "main"]
+
+COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="dask-coded-als",
+        description="Coded alternating least squares on Dask, tolerant of slow and dead workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each phase")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    if not args.verbose:
+        # distributed logs worker restarts and cancelled tasks; the engine reports what matters.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    from dask_coded_als.errors import ClusterError, InputError, NumericalError
+
+    prog = parser.prog
+
+    def fail(kind: str, exc: BaseException, code: str) -> int:
+        print(f"{prog}: {kind}{as_flags(one_line(exc))}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        return EXIT_CODES[code]
+
+    try:
+        return args.func(args)
+    except NumericalError as exc:
+        return fail("numerical error: ", exc, "numerical")
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        return fail("error: ", exc, "input")
+    except ClusterError as exc:
+        return fail("cluster error: ", exc, "cluster")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupt"]
+    except Exception as exc:  # the promise is one line, never a traceback
+        return fail(f"internal error: {type(exc).__name__}: ", exc, "internal")

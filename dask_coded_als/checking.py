@@ -354,8 +354,8 @@ def locate_wrong_answers(
     -------
     frozenset of int
         The workers to drop before decoding; empty when every result fits. With exactly K
-        results nothing can be checked and the set is empty (only non-finite results, which
-        leave too few to decode, raise).
+        finite results nothing can be checked: the set holds only the results that are not
+        finite (none, usually).
 
     Raises
     ------
@@ -472,8 +472,8 @@ def locate_wrong_answers(
         limit = f"at most {located} were looked for (max_wrong={max_wrong})"
     raise error(
         f"results of workers {list(workers)} do not fit one polynomial (residual "
-        f"{residual:.2e} > tolerance {tolerance:.2e}) and no set of up to {located} of "
-        f"them explains it: more are wrong than can be located; {limit}",
+        f"{residual:.2e} > tolerance {tolerance:.2e}) and dropping up to {located} of them "
+        f"does not explain it: more are wrong than that; {limit}",
         best,
         residual,
         tolerance,

@@ -151,6 +151,33 @@ def test_more_than_e_wrong_results_never_decode_silently_wrong(h, e, points):
     assert raised > 0  # random errors beyond e are detected, not only survived
 
 
+@pytest.mark.parametrize("h, e", [(3, 1), (2, 2)])
+def test_errors_near_the_rounding_are_passed_raised_or_located_never_misnamed(h, e):
+    # Around the detection floor the results can be ambiguous: the check may pass or raise, but
+    # it names only wrong workers, and what it lets through barely moves the decode.
+    k = h * h + h - 1
+    n_workers = k + 2 * e + 3
+    code, results, expected = stage1(h, n_workers, None, seed=40 + h)
+    rng = np.random.default_rng(40 + h)
+    workers = run(n_workers, k + 2 * e, 5)
+    outcomes = set()
+    for size in 10.0 ** np.arange(-14, -3):
+        for wrong in (hardest(code, workers, e), rng.choice(workers, e, replace=False)):
+            subset = {w: results[w] for w in workers}
+            for w in wrong:
+                subset[w] = corrupt(results[w], "dense", size, rng)
+            try:
+                found = locate_wrong_answers(code, subset, max_wrong=e)
+            except UncorrectableError:
+                outcomes.add("raised")
+                continue
+            outcomes.add("located" if found else "passed")
+            assert found <= set(int(w) for w in wrong)
+            kept = {w: y for w, y in subset.items() if w not in found}
+            assert rel_err(code.decode(kept), expected) < 1e-9
+    assert {"located", "passed"} <= outcomes
+
+
 @pytest.mark.parametrize("points", SCHEMES)
 @pytest.mark.parametrize("h", [1, 2, 3])
 def test_one_spare_result_detects_one_wrong_result(h, points):

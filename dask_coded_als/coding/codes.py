@@ -356,6 +356,16 @@ class EntangledPolynomialCode:
         return self.p * self.q * self.r + self.r - 1
 
     @property
+    def product_exponents(self) -> np.ndarray:
+        """Exponents of the workers' product polynomial, lowest first (a copy).
+
+        There are :attr:`recovery_threshold` of them (negative ones on the circle): the result of
+        worker w is ``sum_k c_k * points[w] ** product_exponents[k]`` for matrix coefficients
+        ``c_k``, which is what lets redundant results be checked against each other.
+        """
+        return self._product_decoder.exponents.copy()
+
+    @property
     def b_threshold(self) -> int:
         """Number of encoded ``B`` shards that suffice to recover ``B`` (:meth:`decode_b`):
         ``r q`` when p = 1 or q = 1."""

@@ -8,8 +8,8 @@ Measures, for the stage-1 code (p = r = h, q = 1, K = h^2 + h - 1) on W = K + 2e
 K + 2e results in hand (s stragglers: cyclic runs of answering workers, the worst conditioning on
 the circle, plus random subsets), both point families:
 
-- false alarms of :func:`dask_coded_als.checking.locate_wrong_answers` on honest results and the
-  worst honest residual in units of ``epsilon sigma_max |c_fit|``;
+- false alarms of ``dask_coded_als.coding.checking.locate_wrong_answers`` on honest results and
+  the worst honest residual in units of ``epsilon sigma_max |c_fit|``;
 - how often 1..e wrong results (random positions and the hardest: highest leverage) are located
   exactly, for dense errors of relative size 1e-6, 1e-3, 1 and for one wrong entry;
 - what happens with e + 1 wrong results (raised, or dropped and decoded correctly; never a
@@ -34,13 +34,13 @@ import warnings
 
 import numpy as np
 
-from dask_coded_als.checking import (
+from dask_coded_als.coding.checking import (
     SAFETY_FACTOR,
     UncorrectableError,
     check_consistency,
     locate_wrong_answers,
 )
-from dask_coded_als.codes import ALSCode, NumericalWarning
+from dask_coded_als.coding.codes import ALSCode, NumericalWarning
 
 SCHEMES = {"circle": None, "real": "real"}
 #: Real points decode at all (estimated error below 1e-6) up to h = 4 only; see section 2.

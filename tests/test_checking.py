@@ -9,14 +9,14 @@ import warnings
 import numpy as np
 import pytest
 
-from dask_coded_als import checking
-from dask_coded_als.checking import (
+from dask_coded_als.coding import checking
+from dask_coded_als.coding.checking import (
     SAFETY_FACTOR,
     UncorrectableError,
     check_consistency,
     locate_wrong_answers,
 )
-from dask_coded_als.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
+from dask_coded_als.coding.codes import ALSCode, EntangledPolynomialCode, NumericalWarning
 
 SCHEMES = [None, "real"]
 

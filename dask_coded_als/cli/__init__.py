@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NumericalError as exc:
         return fail("numerical error: ", exc, "numerical")
-    except (InputError, ValueError, FileNotFoundError) as exc:
-        return fail("error: ", exc, "input")
     except ClusterError as exc:
         return fail("cluster error: ", exc, "cluster")
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        return fail("error: ", exc, "input")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupt"]

@@ -39,12 +39,12 @@ tolerance is ::
     tolerance = SAFETY_FACTOR * epsilon * sigma_max(V) * |c_fit|
 
 with ``c_fit`` the fitted coefficients of the probes. Since ``|c_fit| <= |P| / sigma_min(V)`` it
-never exceeds ``SAFETY_FACTOR`` x the code's own decoding estimate (condition number x
-epsilon, :meth:`~dask_coded_als.codes.EntangledPolynomialCode.estimated_error`) x the size of the
-probed results ``|P|``; the two agree for well-spread points (the circle, few workers missing,
-condition number near 1). The sharper form matters where the condition number is large but the
-honest residual is not: fitting does not amplify rounding the way solving for the coefficients
-does. ``SAFETY_FACTOR`` and the measured false alarms and detections are in docs/numerics.md.
+never exceeds ``SAFETY_FACTOR`` x the code's own decoding estimate (condition number x epsilon,
+``EntangledPolynomialCode.estimated_error``) x the size of the probed results ``|P|``; the two
+agree for well-spread points (the circle, few workers missing, condition number near 1). The
+sharper form matters where the condition number is large but the honest residual is not: fitting
+does not amplify rounding the way solving for the coefficients does.
+``SAFETY_FACTOR`` and the measured false alarms and detections are in docs/numerics.md.
 
 Errors whose probes are comparable to this tolerance cannot be told from rounding. Section 6 of
 docs/numerics.md measures where detection starts (relative errors of about 3e-11 at h = 2 to 3e-9
@@ -72,7 +72,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dask_coded_als.codes import EntangledPolynomialCode
+from dask_coded_als.coding.codes import EntangledPolynomialCode
+from dask_coded_als.errors import ClusterError
 
 __all__ = [
     "DEFAULT_PROBES",
@@ -94,8 +95,11 @@ SAFETY_FACTOR = 1000.0
 DEFAULT_PROBES = 4
 
 
-class UncorrectableError(ValueError):
+class UncorrectableError(ClusterError, ValueError):
     """The results disagree in a way that dropping at most ``max_wrong`` of them cannot explain.
+
+    A :class:`~dask_coded_als.errors.ClusterError` (the workers' answers cannot be trusted) and,
+    for callers that check arguments and answers alike, a ``ValueError``.
 
     Attributes
     ----------
@@ -288,7 +292,7 @@ def check_consistency(
 
     Examples
     --------
-    >>> from dask_coded_als.codes import ALSCode
+    >>> from dask_coded_als.coding.codes import ALSCode
     >>> rng = np.random.default_rng(0)
     >>> code = ALSCode(h=2, n_workers=7).product_code  # K = 5
     >>> A, B = rng.standard_normal((8, 8)), rng.standard_normal((8, 3))
@@ -376,7 +380,7 @@ def locate_wrong_answers(
 
     Examples
     --------
-    >>> from dask_coded_als.codes import ALSCode
+    >>> from dask_coded_als.coding.codes import ALSCode
     >>> rng = np.random.default_rng(0)
     >>> code = ALSCode(h=2, n_workers=9).product_code  # K = 5: two wrong results can be located
     >>> A, B = rng.standard_normal((8, 8)), rng.standard_normal((8, 3))

@@ -386,3 +386,29 @@ def test_partition_parses_h_and_pairs():
     for bad in (0, (2,), (2, 0), "3,3", (1.5, 2), True):
         with pytest.raises(ValueError):
             codes_module.partition(bad)
+
+
+@pytest.mark.parametrize("h", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("spare", [0, 3, 9])
+def test_the_default_points_decode_within_budget_for_every_straggler_run(h, spare):
+    # The engine's default takes real points only where they are well conditioned; whichever it
+    # takes, the worst pattern (a contiguous run of answering workers) decodes within 1e-8.
+    from dask_coded_als.coding.points import REAL_CONDITION_LIMIT, choose_points
+
+    K = h * h + h - 1
+    W = K + spare
+    points = choose_points(W, K, h)
+    if points == "real":
+        assert worst_case_condition_number(W, K, "real") <= REAL_CONDITION_LIMIT
+    rng = np.random.default_rng(h * 100 + spare)
+    code = EntangledPolynomialCode(h, 1, h, W, points)
+    A, B = random_operands(code, rng)
+    a, b = code.encode_a(A), code.encode_b(B)
+    worst = 0.0
+    for start in range(W):
+        run = [(start + i) % W for i in range(K)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumericalWarning)
+            decoded = code.decode({w: code.compute(a[w], b[w]) for w in run})
+        worst = max(worst, rel_err(decoded, A.T @ B))
+    assert worst < 1e-8, (points, worst)

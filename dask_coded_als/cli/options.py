@@ -158,7 +158,13 @@ def add_model_options(p: argparse.ArgumentParser, factors_required: bool = True)
     )
     p.add_argument("--straggler-model", choices=STRAGGLER_MODELS, default="none")
     p.add_argument("--straggler-delay", type=non_negative_float, default=0.0, metavar="SECONDS")
-    p.add_argument("--points", choices=("circle", "real"), default=None)
+    p.add_argument(
+        "--points",
+        choices=("circle", "real"),
+        default=None,
+        help="evaluation points (default: real where they decode accurately for this W and "
+        "threshold, else the circle)",
+    )
     p.add_argument("--iterations", type=non_negative_int, default=50, metavar="T")
     p.add_argument("--tol", type=non_negative_float, default=1e-9)
     p.add_argument("--regularization", type=non_negative_float, default=0.0, metavar="L")

@@ -40,6 +40,7 @@ from dask_coded_als.coding.points import evaluation_points
 
 __all__ = [
     "partition",
+    "worker_product",
     "EntangledPolynomialCode",
     "ALSCode",
     "NumericalWarning",
@@ -112,6 +113,19 @@ def matmul_t(
             return None
         np.matmul(a[:, c : c + step].T, b, out=out[c : c + step])
     return out
+
+
+def worker_product(
+    kind: str, a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """A worker's product ``a^T b`` of its shards, for codes of ``kind``: ``"real"`` (real
+    points), ``"packed"`` (paired complex operands, three real GEMMs) or ``"planes"`` (paired
+    output blocks, real B: two real GEMMs). In chunks; None if interrupted.
+
+    A plain function of its arguments, so a task carries a name and a word, not a code object.
+    """
+    products = {"real": matmul_t, "packed": _matmul_t_packed, "planes": _matmul_t_planes}
+    return products[kind](a, b, interrupt)
 
 
 def _matmul_t_planes(
@@ -546,11 +560,12 @@ class EntangledPolynomialCode:
         Computed in chunks; when ``interrupt`` is given and returns True between two chunks the
         computation stops and returns None.
         """
-        if self.pairs_output:
-            return _matmul_t_planes(a_shard, b_shard, interrupt)
-        if self.complex:
-            return _matmul_t_packed(a_shard, b_shard, interrupt)
-        return matmul_t(a_shard, b_shard, interrupt)
+        return worker_product(self.product_kind, a_shard, b_shard, interrupt)
+
+    @property
+    def product_kind(self) -> str:
+        """How a worker multiplies its shards (see :func:`worker_product`)."""
+        return "planes" if self.pairs_output else "packed" if self.complex else "real"
 
     @staticmethod
     def scale_b(b_shard: np.ndarray, G: np.ndarray) -> np.ndarray:

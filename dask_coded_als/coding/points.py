@@ -15,6 +15,7 @@ the workers that answered. Two families of points are provided:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 __all__ = [
+    "REAL_CONDITION_LIMIT",
+    "choose_points",
     "evaluation_points",
     "vandermonde",
     "condition_number",
@@ -33,6 +36,9 @@ POINT_FAMILIES = ("circle", "real")
 
 #: Above this many K-subsets the worst case is estimated (contiguous + random runs).
 EXHAUSTIVE_LIMIT = 5000
+#: The engine's default takes real points where their worst-case condition number is at most
+#: this: a decoding error below about 2e-11 (condition number x machine epsilon).
+REAL_CONDITION_LIMIT = 1e5
 
 
 def evaluation_points(n_workers: int, points: str | Sequence[complex] | None = None) -> np.ndarray:
@@ -153,3 +159,24 @@ def worst_case_condition_number(
     for subset in _candidate_subsets(n_workers, recovery_threshold, n_random, rng):
         worst = max(worst, float(np.linalg.cond(full[list(subset)])))
     return worst
+
+
+@functools.lru_cache(maxsize=256)
+def choose_points(n_workers: int, recovery_threshold: int, r: int) -> str:
+    """The cheaper family of points that decodes accurately from any ``recovery_threshold`` of
+    ``n_workers`` workers, for a code that splits the contraction ``r`` ways.
+
+    Real points need 1x the multiply-adds per worker where the circle's paired operands need
+    1.5x (r > 1), so they are taken wherever their worst-case condition number is at most
+    :data:`REAL_CONDITION_LIMIT` (few workers and spares: W = 13, K = 11 gives 1.7e4); the
+    circle otherwise (and always for r = 1, whose circle code pairs output blocks at 1x cost).
+
+    Examples
+    --------
+    >>> choose_points(13, 11, 3), choose_points(16, 11, 3), choose_points(13, 11, 1)
+    ('real', 'circle', 'circle')
+    """
+    if r == 1:
+        return "circle"
+    worst = worst_case_condition_number(n_workers, recovery_threshold, "real")
+    return "real" if worst <= REAL_CONDITION_LIMIT else "circle"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from scipy.stats import norm
 
 from dask_coded_als._util import check_int
+from dask_coded_als.coding.points import choose_points
 
 __all__ = [
     "ROYSTON_ALPHA",
@@ -652,14 +653,15 @@ def choose_partition(
     size: int,
     n_factors: int,
     rates: ClusterRates,
-    circle: bool = True,
+    circle: bool | None = True,
 ) -> tuple[int, int]:
     """The feasible (p, r) with the least modelled iteration time (:func:`expected_exchange_time`).
 
     Compute-bound clusters (fast links, slow or shared cores) favour small r, which gives each
     worker the least work for a threshold; bandwidth-bound ones favour larger r, whose operands
     are smaller (the answers grow as 1/p, so the square split is not always the smallest
-    exchange). Ties go to the smaller threshold.
+    exchange). Ties go to the smaller threshold. ``circle=None`` takes for each partition the
+    points :func:`dask_coded_als.coding.points.choose_points` would (the engine's default).
 
     Examples
     --------
@@ -670,8 +672,15 @@ def choose_partition(
     >>> choose_partition(13, 2, 1500, 200, slow_link)
     (5, 2)
     """
+    def on_circle(p: int, r: int) -> bool:
+        if circle is not None:
+            return circle
+        return choose_points(n_workers, partition_threshold(p, r), r) == "circle"
+
     times = {
-        pr: expected_exchange_time(pr, n_workers, n_stragglers, size, n_factors, rates, circle)
-        for pr in feasible_partitions(n_workers, n_stragglers)
+        (p, r): expected_exchange_time(
+            (p, r), n_workers, n_stragglers, size, n_factors, rates, on_circle(p, r)
+        )
+        for p, r in feasible_partitions(n_workers, n_stragglers)
     }
     return min(times, key=lambda pr: (times[pr].total, times[pr].threshold))

@@ -66,7 +66,12 @@ class CodedALS:
     straggler_delay : float
         Seconds of delay (or mean slowdown for ``shifted-exponential``).
     points : {"circle", "real"} or None
-        Evaluation points of the code (default: the unit circle, stable).
+        Evaluation points of the code. ``"circle"``: the W-th roots of unity, stable for every
+        straggler pattern (a worker's product costs 1.5x the real code's multiply-adds when
+        r > 1). ``"real"``: the paper's real points (1x, but exponentially ill-conditioned in the
+        threshold). None (default): real points where their worst-case decoding error for this
+        W and threshold is below about 2e-11, the circle otherwise
+        (:func:`dask_coded_als.coding.points.choose_points`).
     max_iter : int, default 50
         Maximum number of updates of the factor.
     tol : float, default 1e-9
@@ -88,6 +93,8 @@ class CodedALS:
     history_ : list of dict
         One entry per round: ``iteration``, ``time``, ``objective`` (of the factor entering the
         round), ``master_seconds`` (encoding, decoding and d x d algebra at the master),
+        ``decode_error`` (the relative error the round's decoding is expected to carry:
+        condition number x machine epsilon of the answering workers' points),
         ``bytes_sent``, ``bytes_received``, ``cpu_seconds`` (all the workers' tasks of the
         round) and ``stages``: per exchange (``E``; with ``protocol="paper"`` also ``S`` and
         ``B`` or ``H``) its ``seconds``, the ``used`` workers, the ``late`` ones, those of them
@@ -96,6 +103,8 @@ class CodedALS:
         ``stopped`` lists are filled in when the fit ends.
     partition_ : (int, int) or None
         The partition (p, r) used (coded mode).
+    points_ : str or None
+        The evaluation points used (coded mode): ``"circle"`` or ``"real"``.
     h_ : int or None
         The paper's h when the partition is square (coded mode).
     rates_ : ClusterRates or None
@@ -313,6 +322,7 @@ class CodedALS:
         self.kills_ = result.kills
         self.recoveries_ = result.recoveries
         self.partition_ = result.partition
+        self.points_ = result.points
         p, r = result.partition or (None, None)
         self.h_ = p if p == r else None
         self.rates_ = result.rates

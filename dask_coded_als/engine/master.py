@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 WORKER_LOST = (CancelledError, KilledWorker, CommClosedError, OSError)
 #: Seconds a scatter to one worker may take before that worker counts as unreachable.
 SCATTER_TIMEOUT = 10.0
+#: The objective's terms in S move by at most the decoding's relative error times trace(D)
+#: each; this many times that counts as rounding in the convergence test.
+DECODE_NOISE_FACTOR = 4.0
 #: Seconds the end of a fit waits for messages still on their way, and for the workers' ledgers.
 CLOSING_TIMEOUT = 1.0
 
@@ -99,6 +102,7 @@ class FitResult:
     recoveries: int
     workers: dict[int, str]
     partition: tuple[int, int] | None
+    points: str | None
     rates: ClusterRates | None
 
 
@@ -212,6 +216,7 @@ class Master:
             recoveries=self.recoveries,
             workers=dict(self.address),
             partition=self.settings.partition,
+            points=getattr(scheme, "points", None),
             rates=self.rates,
         )
 
@@ -219,8 +224,9 @@ class Master:
         """Measure the cluster and pick the partition the model expects to be fastest."""
         s = self.settings
         self.rates = measure_rates(self.client, [self.address[w] for w in sorted(self.address)])
+        circle = None if s.points is None else s.points == "circle"
         chosen = theory.choose_partition(
-            s.n_workers, s.n_stragglers, size, s.n_factors, self.rates, s.points != "real"
+            s.n_workers, s.n_stragglers, size, s.n_factors, self.rates, circle
         )
         logger.info("partition %s chosen for %s", chosen, self.rates)
         self.settings = dataclasses.replace(s, partition=chosen)
@@ -243,7 +249,9 @@ class Master:
                 F, S, state = scheme.gram_quantities(t, B, live)
                 with self.master_time():
                     objective = als.objective_from_gram(scheme.trace, F, S, lam)
-                    converged = self._converged(objective, scheme.trace, F)
+                    converged = self._converged(
+                        objective, scheme.trace, F, state["decode_error"]
+                    )
                 stop = converged or t >= s.max_iter
                 if stop:
                     H = scheme.post(t, state, B, F)
@@ -267,6 +275,7 @@ class Master:
                 "time": time.perf_counter() - begin,
                 "objective": objective,
                 "master_seconds": self._master_seconds,
+                "decode_error": state["decode_error"],
                 "bytes_sent": self.bytes_sent - sent,
                 "bytes_received": self.bytes_received - received,
                 "cpu_seconds": sum(r.cpu_seconds for _, _, r in self._round_records),
@@ -284,10 +293,17 @@ class Master:
             if self._checkpoint is not None:
                 self._checkpoint({"B": scheme.unpad(B), "iteration": t, "history": self.history})
 
-    def _converged(self, objective: float, trace_D: float, F: np.ndarray) -> bool:
+    def _converged(
+        self, objective: float, trace_D: float, F: np.ndarray, decode_error: float
+    ) -> bool:
+        """Whether the relative change of the objective is below ``tol``, changes within the
+        rounding of the objective counting as none: that of the d x d algebra
+        (:func:`dask_coded_als.als.objective_noise`) and that of the decoding, whose relative
+        error moves each of the objective's terms in S by at most that much of trace(D)."""
         if not self.history:
             return False
         noise = als.objective_noise(trace_D, F, self.settings.regularization)
+        noise += DECODE_NOISE_FACTOR * decode_error * abs(trace_D)
         change = als.relative_objective_change(self.history[-1]["objective"], objective, noise)
         return change < self.settings.tol
 

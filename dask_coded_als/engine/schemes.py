@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from dask_coded_als.coding.codes import ALSCode
+from dask_coded_als.coding import theory
+from dask_coded_als.coding.codes import ALSCode, worker_product
+from dask_coded_als.coding.points import choose_points
 from dask_coded_als.engine import tasks
 from dask_coded_als.engine.exchange import Exchange, FirstCopies, Scatter, Threshold
 from dask_coded_als.errors import InputError
@@ -89,9 +91,11 @@ class _Scheme:
         with self.master.master_time():
             return self.unpad(_post_matrix(B, F, self.lam))
 
-    def _master_side(self, B: np.ndarray, E: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _master_side(
+        self, B: np.ndarray, E: np.ndarray, decode_error: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
         with self.master.master_time():
-            return B.T @ B, B.T @ E, {"E": E}
+            return B.T @ B, B.T @ E, {"E": E, "decode_error": decode_error}
 
 
 class CodedFast(_Scheme):
@@ -99,7 +103,9 @@ class CodedFast(_Scheme):
 
     def __init__(self, master: Any, D: Any) -> None:
         s = master.settings
-        self.code = ALSCode(s.partition, s.n_workers, s.points)
+        p, r = s.partition
+        self.points = s.points or choose_points(s.n_workers, theory.partition_threshold(p, r), r)
+        self.code = ALSCode(s.partition, s.n_workers, self.points)
         super().__init__(master, D, self.code.padded_size(int(D.shape[0])))
         self.need = self.code.recovery_threshold
 
@@ -111,20 +117,22 @@ class CodedFast(_Scheme):
         code = self.code
         with self.master.master_time():
             right = dict(zip(live, code.encode_operand(B, live), strict=True))
+        kind = code.product_code.product_kind
         answers = self.master.exchange(
             t,
             Exchange(
                 "E",
                 1,
-                code.product,
+                worker_product,
                 live,
-                lambda w: (self.shard_future(w), Scatter(right[w])),
+                lambda w: (kind, self.shard_future(w), Scatter(right[w])),
                 Threshold(code.recovery_threshold),
             ),
         )
         with self.master.master_time():
             E = code.decode_stage1(answers.values)
-        return self._master_side(B, E)
+            error = code.product_code.estimated_error(sorted(answers.values))
+        return self._master_side(B, E, error)
 
 
 class CodedPaper(CodedFast):
@@ -165,7 +173,11 @@ class CodedPaper(CodedFast):
         )
         with master.master_time():
             S = code.decode_stage3(second.values)
-        return F, S, {"E": E, "right_e": second.operands}
+            error = max(
+                code.product_code.estimated_error(sorted(first.values)),
+                cheap.estimated_error(sorted(second.values)),
+            )
+        return F, S, {"E": E, "right_e": second.operands, "decode_error": error}
 
     def _encode_factor(self, B: np.ndarray, workers: list[int]) -> list[np.ndarray]:
         left = self.code.gram_code.encode_a(B, workers)

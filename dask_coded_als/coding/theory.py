@@ -672,6 +672,7 @@ def choose_partition(
     >>> choose_partition(13, 2, 1500, 200, slow_link)
     (5, 2)
     """
+
     def on_circle(p: int, r: int) -> bool:
         if circle is not None:
             return circle

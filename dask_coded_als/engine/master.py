@@ -249,9 +249,7 @@ class Master:
                 F, S, state = scheme.gram_quantities(t, B, live)
                 with self.master_time():
                     objective = als.objective_from_gram(scheme.trace, F, S, lam)
-                    converged = self._converged(
-                        objective, scheme.trace, F, state["decode_error"]
-                    )
+                    converged = self._converged(objective, scheme.trace, F, state["decode_error"])
                 stop = converged or t >= s.max_iter
                 if stop:
                     H = scheme.post(t, state, B, F)

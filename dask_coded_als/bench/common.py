@@ -194,6 +194,7 @@ BENCH_QUICK = BenchConfig(
     max_iter=4,
     target_gap=1e-6,
     max_power_iter=6,
+    straggler_models=("none", "fixed"),  # a smoke run: every method, two models
 )
 
 

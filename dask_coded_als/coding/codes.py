@@ -544,9 +544,31 @@ class EntangledPolynomialCode:
             return [B] * len(range(self.n_workers) if workers is None else workers)
         j, k = np.meshgrid(np.arange(self.r), np.arange(self.q), indexing="ij")
         exponents = self._offset - j + k * self.r * self.p
+        if self.q == 1 and isinstance(B, np.ndarray):
+            return self._encode_row_blocks(
+                np.asarray(B, dtype=np.float64), exponents[:, 0], workers
+            )
         # On the circle b~(z) = conj(sum b z^(j - krp)) = sum conj(b) z^(krp - j).
         # B (a factor) is small and encoded every iteration: one product for all workers.
         return self._encode(blocks, exponents, workers, conjugate=self.complex, dense=True)
+
+    def _encode_row_blocks(
+        self, B: np.ndarray, exponents: np.ndarray, workers: Sequence[int] | None
+    ) -> list[np.ndarray]:
+        """``encode_b`` for q = 1, where B's blocks are its row blocks: B reshaped is the stack
+        of them (no copy), and one product gives every worker's operand (the factor is encoded
+        every iteration, so this is on the master's critical path)."""
+        workers = list(range(self.n_workers) if workers is None else workers)
+        n = self.contraction_blocks
+        rows = np.ascontiguousarray(B).reshape(n, -1)
+        if self.complex:  # conj(top + 1j bottom): the circle's b~ is conjugated
+            rows = rows[: self.r] - 1j * rows[self.r :]
+        encoded = (self.points[workers, None] ** exponents[None, :]) @ rows
+        shape = (B.shape[0] // n, B.shape[1])
+        if not self.complex:
+            return list(encoded.reshape(len(workers), *shape))
+        planes = np.stack([encoded.real, encoded.imag], axis=1)
+        return list(planes.reshape(len(workers), 2, *shape))
 
     # -- the workers' product -----------------------------------------------------------------
     def compute(

@@ -39,6 +39,7 @@ def fit(client: Client, R: np.ndarray, D: np.ndarray, iterations: int, **options
         return float(np.median([value(e) for e in rounds]))
 
     return {
+        "points": model.points_,
         "iteration": median(lambda e: e["time"]),
         "master": median(lambda e: e["master_seconds"]),
         "exchanges": median(lambda e: sum(s["seconds"] for s in e["stages"].values())),
@@ -65,7 +66,10 @@ def interleaved(
         for name, options in configs.items():
             runs[name].append(fit(client, R, D, iterations, **options))
     return {
-        name: {key: float(np.median([r[key] for r in results])) for key in results[0]}
+        name: {
+            key: results[0][key] if key == "points" else float(np.median([r[key] for r in results]))
+            for key in results[0]
+        }
         for name, results in runs.items()
     }
 
@@ -95,10 +99,11 @@ def main() -> None:
             R,
             {
                 "coded, fixed stragglers": {**common, **late},
+                "coded circle points, fixed stragglers": {**common, **late, "points": "circle"},
                 "coded real points, fixed stragglers": {**common, **late, "points": "real"},
                 "coded paper protocol, fixed stragglers": {**common, **late, "protocol": "paper"},
                 "coded, no stragglers": common,
-                "coded real points, no stragglers": {**common, "points": "real"},
+                "coded circle points, no stragglers": {**common, "points": "circle"},
                 "uncoded, fixed stragglers": {"n_factors": d, "n_workers": 13, "mode": "uncoded"}
                 | late,
             },
@@ -117,7 +122,7 @@ def main() -> None:
             R,
             {
                 "coded": {**common, "h": 3},
-                "coded real points": {**common, "h": 3, "points": "real"},
+                "coded circle points": {**common, "h": 3, "points": "circle"},
                 "coded paper protocol": {**common, "h": 3, "protocol": "paper"},
                 "uncoded": {**common, "mode": "uncoded"},
             },
@@ -131,7 +136,8 @@ def main() -> None:
             R,
             {
                 "coded": {**common, "h": 3},
-                "coded real points": {**common, "h": 3, "points": "real"},
+                "coded circle points": {**common, "h": 3, "points": "circle"},
+                "coded (11, 1)": {**common, "partition": (11, 1)},
                 "uncoded": {**common, "mode": "uncoded"},
             },
             iterations,

@@ -111,6 +111,16 @@ def main() -> None:
             repeats,
         )
 
+        # The cost of checking answers: h = 2 (K = 5), so that K + 2e + s <= W for e <= 2.
+        verify = {**late, "n_factors": d, "n_workers": 13, "h": 2}
+        results["verify_W13_h2"] = interleaved(
+            client,
+            R,
+            {f"verify={e}": {**verify, "verify": e} for e in (0, 1, 2)},
+            iterations,
+            repeats,
+        )
+
     with local_cluster(12) as cluster, Client(cluster) as client:
         client.wait_for_workers(12)
         # 2. No stragglers, l = 3000, d = 64, W = 12, h = 3.

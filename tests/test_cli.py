@@ -356,3 +356,19 @@ def test_demo_runs_the_whole_flow(tmp_path, capsys):
     assert verdict.startswith("the model beats popularity: precision@10 ")
     assert main(["evaluate", str(tmp_path / "sample.zarr")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == verdict
+
+
+def test_fit_verify_leaves_out_wrong_answers_and_names_their_workers(sample_store, client, capsys):
+    from dask_coded_als.engine.stragglers import StragglerModel
+
+    argv = ["fit", str(sample_store), "--factors", "4", "--iterations", "3", "--partition", "3,1"]
+    argv += ["--tol", "0", "--json", *scheduler_args(client)]
+    assert main(argv) == 0
+    honest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    corrupt = ["--straggler-model", "corrupt", "--stragglers", "1", "--straggler-delay", "0.01"]
+    assert main([*argv, *corrupt, "--verify", "2"]) == 0
+    checked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert checked["objective"] == pytest.approx(honest["objective"], rel=1e-9)
+    # 7 of the 8 answers are checked each round: the wrong worker is caught in some round
+    wrong = StragglerModel("corrupt", 8, 1, 0.01, seed=0).fixed
+    assert {int(w) for w in checked["wrong_answers"]} == set(wrong)

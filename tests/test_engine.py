@@ -530,3 +530,81 @@ def test_a_gram_matrix_stored_on_disk(client, tmp_path):
         model = CodedALS(3, n_workers=N_WORKERS, mode=mode, max_iter=4, tol=0, seed=0)
         model.fit(R, client=client, gram=stored)
         assert product_gap(model, reference) < 1e-9
+
+
+# -- answers checked by the code's redundancy ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "partition,verify,n_wrong",
+    [((2, 2), 1, 1), ((3, 1), 2, 2), ((3, 1), 2, 1)],
+)
+def test_verify_finds_wrong_answers_and_gives_the_reference(client, partition, verify, n_wrong):
+    R = low_rank(40, 30, seed=21)
+    reference = fit_als(R, 3, max_iter=4, tol=0, seed=3)
+    model = CodedALS(
+        3,
+        n_workers=N_WORKERS,
+        partition=partition,
+        n_stragglers=n_wrong,
+        straggler_model="corrupt",
+        straggler_delay=1e-3,  # relative size of the wrong answers
+        verify=verify,
+        max_iter=4,
+        tol=0,
+        seed=3,
+    ).fit(R, client=client)
+    assert product_gap(model, reference) < 1e-9
+    corrupt = StragglerModel("corrupt", N_WORKERS, n_wrong, 1e-3, seed=3).fixed
+    # every round left out exactly the wrong answers it received
+    received = 0
+    for entry in model.history_:
+        stage = entry["stages"]["E"]
+        assert set(stage["wrong"]) == set(corrupt) & set(stage["used"])
+        received += len(stage["wrong"])
+    assert received > 0
+    assert sum(model.wrong_answers_.values()) == received
+    assert set(model.wrong_answers_) <= set(corrupt)
+
+
+def test_without_verify_wrong_answers_damage_the_fit(client):
+    # why the option exists: one worker off by 1e-3 moves the factors far from the reference
+    R = low_rank(40, 30, seed=21)
+    reference = fit_als(R, 3, max_iter=4, tol=0, seed=3)
+    options = dict(n_workers=N_WORKERS, h=2, n_stragglers=1, straggler_model="corrupt")
+    model = CodedALS(3, straggler_delay=1e-3, max_iter=4, tol=0, seed=3, **options)
+    model.fit(R, client=client)
+    assert product_gap(model, reference) > 1e-6
+    assert model.wrong_answers_ == {}
+
+
+def test_more_wrong_answers_than_verify_is_a_cluster_error(client):
+    R = low_rank(40, 30, seed=22)
+    model = CodedALS(
+        3,
+        n_workers=N_WORKERS,
+        partition=(3, 1),
+        n_stragglers=3,
+        straggler_model="corrupt",
+        straggler_delay=1e-2,
+        verify=1,
+        max_iter=3,
+        tol=0,
+        seed=0,
+    )
+    with pytest.raises(ClusterError, match="wrong|disagree|cannot"):
+        model.fit(R, client=client)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(h=2, verify=2), "verify=2 needs K \\+ 2 verify = 9 answers"),
+        (dict(h=2, verify=1, protocol="paper"), "verify=1 needs mode='coded' and protocol='fast'"),
+        (dict(verify=1, mode="uncoded"), "verify=1 needs mode='coded'"),
+        (dict(verify=-1), "verify must be an integer >= 0"),
+    ],
+)
+def test_bad_verify(client, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        CodedALS(2, n_workers=N_WORKERS, **kwargs).fit(low_rank(10, 8), client=client)

@@ -114,4 +114,7 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['objective']:.6e}, median iteration "
             f"{summary['median_iteration_seconds']:.3f} s; factors written to {args.store}/factors"
         )
+        repeated = {w: n for w, n in model.wrong_answers_.items() if n > 1}
+        if repeated:
+            print(f"workers whose answers were wrong more than once (worker: rounds): {repeated}")
     return 0

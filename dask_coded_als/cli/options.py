@@ -92,6 +92,7 @@ FLAGS = {
     "regularization": "--regularization",
     "seed": "--seed",
     "stage_timeout": "--stage-timeout",
+    "verify": "--verify",
     "scheduler": "--scheduler",
     "scheduler_file": "--scheduler-file",
     "tls_ca_file": "--tls-ca-file",
@@ -165,6 +166,13 @@ def add_model_options(p: argparse.ArgumentParser, factors_required: bool = True)
         help="evaluation points (default: real where they decode accurately for this W and "
         "threshold, else the circle)",
     )
+    p.add_argument(
+        "--verify",
+        type=non_negative_int,
+        default=0,
+        metavar="E",
+        help="find and leave out up to E wrong answers per iteration (collects K + 2E)",
+    )
     p.add_argument("--iterations", type=non_negative_int, default=50, metavar="T")
     p.add_argument("--tol", type=non_negative_float, default=1e-9)
     p.add_argument("--regularization", type=non_negative_float, default=0.0, metavar="L")
@@ -193,6 +201,7 @@ def model_from_args(args: argparse.Namespace) -> Any:
         regularization=args.regularization,
         seed=args.seed,
         stage_timeout=args.stage_timeout,
+        verify=args.verify,
     )
 
 
@@ -228,6 +237,7 @@ def fit_summary(model: Any, store_path: str | None = None) -> dict[str, Any]:
         "objective": model.history_[-1]["objective"],
         "median_iteration_seconds": float(np.median(times)),
         "timings": model.timings_,
+        "wrong_answers": model.wrong_answers_,
     }
 
 

@@ -85,6 +85,13 @@ class CodedALS:
         error (an exchange that holds enough answers decodes with them instead).
     recovery_timeout : float, default 30.0
         Seconds to wait for replacement workers when fewer than the threshold are alive.
+    verify : int, default 0
+        e: how many wrong answers per iteration to find and leave out (the fast protocol of the
+        coded mode). Each iteration then collects K + 2e answers (waiting for the 2e extra at most
+        as long again as it took to get K; with fewer it checks what it has), tests that they lie
+        on one polynomial, locates up to e that do not (:mod:`dask_coded_als.coding.checking`)
+        and decodes without them; more wrong answers than that end the fit with a ClusterError.
+        0 keeps the first K and their speed. Needs K + 2e <= n_workers.
 
     Attributes
     ----------
@@ -120,6 +127,9 @@ class CodedALS:
         Worker processes the ``kill`` model killed (only those seen gone).
     recoveries_ : int
         Shards placed again on other worker processes.
+    wrong_answers_ : dict
+        With ``verify``: worker index -> rounds in which its answer was found wrong and left
+        out (a worker there more than once is likely faulty).
     workers_ : dict
         The worker address of every worker index (kept up to date during the fit).
 
@@ -151,6 +161,7 @@ class CodedALS:
         seed: int | None = None,
         stage_timeout: float = 120.0,
         recovery_timeout: float = 30.0,
+        verify: int = 0,
     ):
         self.n_factors = n_factors
         self.n_workers = n_workers
@@ -168,6 +179,7 @@ class CodedALS:
         self.seed = seed
         self.stage_timeout = stage_timeout
         self.recovery_timeout = recovery_timeout
+        self.verify = verify
 
     # -- validation -------------------------------------------------------------------------
     def _settings(self, shape: tuple[int, int]) -> Settings:
@@ -185,6 +197,7 @@ class CodedALS:
                 f"n_stragglers={self.n_stragglers} must be smaller than n_workers={self.n_workers}"
             )
         check_int(self.max_iter, "max_iter", 0)
+        check_int(self.verify, "verify", 0)
         for name, choices in (
             ("mode", MODES),
             ("protocol", PROTOCOLS),
@@ -209,11 +222,14 @@ class CodedALS:
             if value < 0:
                 raise InputError(f"{name} must be >= 0, got {value}")
         partition = self._partition() if self.mode == "coded" else None
+        if self.verify:
+            self._check_verify(partition)
         return Settings(
             n_factors=int(self.n_factors),
             n_workers=int(self.n_workers),
             partition=partition,
             n_stragglers=int(self.n_stragglers),
+            verify=int(self.verify),
             mode=self.mode,
             protocol=self.protocol,
             straggler_model=self.straggler_model,
@@ -226,6 +242,21 @@ class CodedALS:
             stage_timeout=float(self.stage_timeout),
             recovery_timeout=float(self.recovery_timeout),
         )
+
+    def _check_verify(self, partition: tuple[int, int] | str | None) -> None:
+        if self.mode != "coded" or self.protocol != "fast":
+            raise InputError(
+                f"verify={self.verify} needs mode='coded' and protocol='fast' (the answers that "
+                f"are checked are those of the coded product)"
+            )
+        if partition == "auto":
+            raise InputError(f"verify={self.verify} needs a partition, not partition='auto'")
+        K = theory.partition_threshold(*partition)
+        if K + 2 * self.verify > self.n_workers:
+            raise InputError(
+                f"verify={self.verify} needs K + 2 verify = {K + 2 * self.verify} answers but "
+                f"n_workers={self.n_workers} (K = {K}; a smaller h or partition lowers K)"
+            )
 
     def _partition(self) -> tuple[int, int] | str:
         if self.h is not None and self.partition is not None:
@@ -321,6 +352,7 @@ class CodedALS:
         self.timings_ = result.timings
         self.kills_ = result.kills
         self.recoveries_ = result.recoveries
+        self.wrong_answers_ = result.wrong_answers
         self.partition_ = result.partition
         self.points_ = result.points
         p, r = result.partition or (None, None)

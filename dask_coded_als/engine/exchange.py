@@ -34,9 +34,12 @@ class Scatter(NamedTuple):
 class Threshold:
     """Any ``need`` answers decode (a coded exchange).
 
-    With ``estimate`` (the relative decoding error expected from a set of workers) the exchange
-    goes on collecting, up to ``at_most`` answers, while that estimate exceeds
-    :data:`DECODE_ERROR_TARGET`; it never waits past its timeout once it holds ``need``.
+    It collects up to ``at_most`` answers: with ``estimate`` (the relative decoding error
+    expected from a set of workers) only while that estimate exceeds
+    :data:`DECODE_ERROR_TARGET`, without it always (answers beyond ``need`` check the others,
+    see :mod:`dask_coded_als.coding.checking`). With ``patience`` it waits for them at most that
+    many times as long again as it took to hold ``need``; it never waits past its timeout once it
+    holds ``need``.
     """
 
     def __init__(
@@ -44,10 +47,12 @@ class Threshold:
         need: int,
         estimate: Callable[[Sequence[int]], float] | None = None,
         at_most: int | None = None,
+        patience: float | None = None,
     ) -> None:
         self.need = need
         self.estimate = estimate
         self.at_most = need if at_most is None else max(need, at_most)
+        self.patience = patience
 
     def sufficient(self, answered: Collection[int]) -> bool:
         return len(answered) >= self.need
@@ -55,24 +60,24 @@ class Threshold:
     def satisfied(self, answered: Sequence[int]) -> bool:
         if not self.sufficient(answered):
             return False
-        return (
-            self.estimate is None
-            or len(answered) >= self.at_most
-            or self.estimate(self.used(answered)) <= DECODE_ERROR_TARGET
+        if len(answered) >= self.at_most:
+            return True
+        return self.estimate is not None and self.estimate(self.used(answered)) <= (
+            DECODE_ERROR_TARGET
         )
 
     def possible(self, candidates: Collection[int]) -> bool:
         return len(candidates) >= self.need
 
     def used(self, answered: Sequence[int]) -> list[int]:
-        """The first ``need`` answers (``answered`` is in order of arrival), or with an
-        estimate the shortest longer prefix, up to ``at_most``, expected to decode accurately."""
+        """The first ``at_most`` answers (``answered`` is in order of arrival), or with an
+        estimate the shortest prefix of at least ``need``, up to ``at_most``, expected to decode
+        accurately."""
         if self.estimate is not None:
             for k in range(self.need, min(len(answered), self.at_most) + 1):
                 if self.estimate(sorted(answered[:k])) <= DECODE_ERROR_TARGET:
                     return sorted(answered[:k])
-            return sorted(answered[: self.at_most])
-        return sorted(answered[: self.need])
+        return sorted(answered[: self.at_most])
 
 
 class FirstCopies:

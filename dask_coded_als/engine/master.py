@@ -75,6 +75,7 @@ class Settings:
     n_workers: int
     partition: tuple[int, int] | str | None  # (p, r), "auto" or None (the baselines)
     n_stragglers: int
+    verify: int
     mode: str
     protocol: str
     straggler_model: str
@@ -99,6 +100,7 @@ class FitResult:
     converged: bool
     timings: dict[str, float]
     kills: list[dict]
+    wrong_answers: dict[int, int]
     recoveries: int
     workers: dict[int, str]
     partition: tuple[int, int] | None
@@ -144,6 +146,8 @@ class Master:
         self._dead: set[str] = set()
         self._suspects: set[int] = set()
         self.recoveries = 0
+        #: worker -> rounds in which its answer disagreed with the others (``verify``)
+        self.wrong_answers: dict[int, int] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
         self._master_seconds = 0.0
@@ -213,6 +217,7 @@ class Master:
             converged=converged,
             timings=dict(self.timings),
             kills=list(self.faults.kills),
+            wrong_answers=dict(sorted(self.wrong_answers.items())),
             recoveries=self.recoveries,
             workers=dict(self.address),
             partition=self.settings.partition,
@@ -503,6 +508,8 @@ class Master:
         reports: dict[int, tasks.TaskReport] = {}  # in order of arrival
         failed: list[int] = []
         timed_out = False
+        start = loop.time()
+        patience = getattr(spec.rule, "patience", None)
         while pending and not spec.rule.satisfied(list(reports)):
             if not spec.rule.possible([w for w in spec.workers if w not in failed]):
                 break
@@ -521,6 +528,10 @@ class Master:
                     self._suspects.add(w)
                 else:
                     reports[w] = report
+                    if patience is not None and len(reports) == spec.rule.need:
+                        # more answers check these ones; wait for them only so long
+                        now = loop.time()
+                        deadline = min(deadline, now + patience * (now - start))
         over = True
         late = [w for w in spec.workers if w not in reports and w not in failed]
         self._stop([w for w in late if w in submitted], stop_key)

@@ -42,6 +42,9 @@ class StageRecord:
         ends).
     late_cpu_seconds : float
         The part of ``cpu_seconds`` spent by tasks whose answers were not used.
+    wrong : list of int
+        Workers whose answers disagreed with the others' and were left out of the decoding
+        (``verify``).
     """
 
     seconds: float
@@ -55,6 +58,7 @@ class StageRecord:
     returned: float = 0.0
     stopped: list[int] = field(default_factory=list)
     late_cpu_seconds: float = 0.0
+    wrong: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

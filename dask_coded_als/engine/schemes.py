@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dask_coded_als.coding import theory
+from dask_coded_als.coding.checking import locate_wrong_answers
 from dask_coded_als.coding.codes import ALSCode, worker_product
 from dask_coded_als.coding.points import choose_points
 from dask_coded_als.engine import tasks
@@ -118,6 +119,7 @@ class CodedFast(_Scheme):
         with self.master.master_time():
             right = dict(zip(live, code.encode_operand(B, live), strict=True))
         kind = code.product_code.product_kind
+        K, e = code.recovery_threshold, self.settings.verify
         answers = self.master.exchange(
             t,
             Exchange(
@@ -126,13 +128,26 @@ class CodedFast(_Scheme):
                 worker_product,
                 live,
                 lambda w: (kind, self.shard_future(w), Scatter(right[w])),
-                Threshold(code.recovery_threshold),
+                # 2e answers beyond K locate up to e wrong ones; wait for them only briefly
+                Threshold(K, at_most=K + 2 * e, patience=1.0 if e else None),
             ),
         )
         with self.master.master_time():
-            E = code.decode_stage1(answers.values)
-            error = code.product_code.estimated_error(sorted(answers.values))
+            values = self._checked(answers, e)
+            E = code.decode_stage1(values)
+            error = code.product_code.estimated_error(sorted(values))
         return self._master_side(B, E, error)
+
+    def _checked(self, answers: Any, max_wrong: int) -> dict[int, Any]:
+        """The answers without those the code's redundancy shows to be wrong (at most
+        ``max_wrong``; more is a ClusterError); recorded in the stage and the master."""
+        if not max_wrong:
+            return answers.values
+        wrong = locate_wrong_answers(self.code.product_code, answers.values, max_wrong)
+        answers.record.wrong = sorted(wrong)
+        for w in wrong:
+            self.master.wrong_answers[w] = self.master.wrong_answers.get(w, 0) + 1
+        return {w: v for w, v in answers.values.items() if w not in wrong}
 
 
 class CodedPaper(CodedFast):

@@ -1,4 +1,5 @@
-"""Seeded straggler and fault models: who is late, by how much, and when a worker dies.
+"""Seeded straggler and fault models: who is late, by how much, who dies when, and who answers
+wrongly.
 
 The engine asks this module, per stage, for the delay each worker's task must add; the delay is
 slept inside the task, so the master measures real waiting. Nothing here knows Dask.
@@ -12,7 +13,7 @@ import numpy as np
 
 __all__ = ["STRAGGLER_MODELS", "StragglerModel", "TaskDelay", "Kill"]
 
-STRAGGLER_MODELS = ("none", "fixed", "random", "shifted-exponential", "kill")
+STRAGGLER_MODELS = ("none", "fixed", "random", "shifted-exponential", "kill", "corrupt")
 #: A kill lands this many seconds (uniform) or less after its round starts: while the round's
 #: first exchange is under way in every mode and protocol.
 KILL_WINDOW = 0.05
@@ -20,10 +21,12 @@ KILL_WINDOW = 0.05
 
 @dataclass(frozen=True)
 class TaskDelay:
-    """What a task adds to its own running time: ``seconds + slowdown * compute_time``."""
+    """What a task adds to its own running time, ``seconds + slowdown * compute_time``, and the
+    relative size of the error it adds to its answer (``corrupt``; 0 for an honest task)."""
 
     seconds: float = 0.0
     slowdown: float = 0.0
+    corrupt: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,23 +43,31 @@ class StragglerModel:
 
     Parameters
     ----------
-    model : {"none", "fixed", "random", "shifted-exponential", "kill"}
+    model : {"none", "fixed", "random", "shifted-exponential", "kill", "corrupt"}
         ``fixed``: ``n_stragglers`` workers chosen once are late by ``delay`` seconds in every
         task. ``random``: ``n_stragglers`` workers drawn anew for every stage are late by
         ``delay``. ``shifted-exponential``: every task's time is scaled by ``1 + X`` with X
         exponential of mean ``delay`` (the shifted-exponential model of the coded-computing
         literature). ``kill``: ``n_stragglers`` worker processes are killed, each in a random
-        round, at most :data:`KILL_WINDOW` seconds after the round starts.
+        round, at most :data:`KILL_WINDOW` seconds after the round starts. ``corrupt``:
+        ``n_stragglers`` workers chosen once add an error of relative size ``delay`` (Gaussian,
+        seeded) to every answer they return, computed inside the task.
     n_workers : int
         W.
     n_stragglers : int
         How many workers the model slows down or kills.
     delay : float
-        Seconds (``fixed``, ``random``) or mean of the exponential (``shifted-exponential``).
+        Seconds (``fixed``, ``random``), mean of the exponential (``shifted-exponential``) or
+        relative size of the error (``corrupt``).
     n_rounds : int
         Rounds of the fit, to place the kills.
     seed : int or None
         Seed; the same seed gives the same stragglers, delays and kills.
+
+    Attributes
+    ----------
+    fixed : list of int
+        The workers chosen once: the late ones of ``fixed``, the wrong ones of ``corrupt``.
 
     Examples
     --------
@@ -91,7 +102,7 @@ class StragglerModel:
         self._seed = np.random.SeedSequence(seed)
         rng = np.random.default_rng(self._seed.spawn(1)[0])
         chosen = rng.choice(n_workers, n_stragglers, replace=False)
-        self.fixed = [int(w) for w in chosen] if model == "fixed" else []
+        self.fixed = [int(w) for w in chosen] if model in ("fixed", "corrupt") else []
         self.kills: list[Kill] = []
         if model == "kill":
             self.kills = sorted(
@@ -108,9 +119,12 @@ class StragglerModel:
         none = TaskDelay()
         if self.model in ("none", "kill"):
             return [none] * self.n_workers
-        if self.model == "fixed":
-            late = set(self.fixed)
-            return [TaskDelay(self.delay) if w in late else none for w in range(self.n_workers)]
+        if self.model in ("fixed", "corrupt"):
+            chosen = set(self.fixed)
+            delay = (
+                TaskDelay(corrupt=self.delay) if self.model == "corrupt" else TaskDelay(self.delay)
+            )
+            return [delay if w in chosen else none for w in range(self.n_workers)]
         # Per-stage draws come from their own stream so they do not depend on call order.
         rng = np.random.default_rng([self._seed.entropy, round, stage])
         if self.model == "random":

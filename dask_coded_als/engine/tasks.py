@@ -80,6 +80,8 @@ def run_task(
     started = time.time()
     cpu0, start = time.thread_time(), time.perf_counter()
     value = None if flag.is_set() else compute(*args, interrupt=flag.is_set)
+    if value is not None and delay.corrupt:
+        value = _corrupted(value, delay.corrupt, (exchange, worker))
     compute_seconds = time.perf_counter() - start
     stopped = value is None
     if not stopped:
@@ -90,6 +92,12 @@ def run_task(
     with _lock:
         _ledger.setdefault(fit, []).append((exchange, worker, cpu, stopped))
     return TaskReport(value, cpu, compute_seconds, stopped, started, time.time())
+
+
+def _corrupted(value: np.ndarray, size: float, seed: tuple[int, int]) -> np.ndarray:
+    """``value`` plus a seeded Gaussian error of relative size ``size`` (the ``corrupt`` model)."""
+    noise = np.random.default_rng(seed).standard_normal(value.shape)
+    return value + size * np.linalg.norm(value) / np.linalg.norm(noise) * noise
 
 
 def take_ledger(fit: str) -> list[tuple[int, int, float, bool]]:

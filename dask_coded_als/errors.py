@@ -3,7 +3,8 @@
 - :class:`InputError` (exit 2): bad input, a malformed file, a wrong store, an impossible
   parameter. Also a ``ValueError``.
 - :class:`ClusterError` (exit 3): the cluster cannot finish the work (too few workers alive, a
-  scheduler not reachable). Also a ``RuntimeError``.
+  scheduler not reachable). Also a ``RuntimeError``. :class:`UnreachableStoreError`: the
+  workers cannot open a store this process can (the work can be done here instead).
 - :class:`NumericalError` (exit 4): data or factors the method cannot handle numerically:
   :class:`RankDeficientError` (also a ``ValueError``) and :class:`NonFiniteFactorsError` (also a
   ``FloatingPointError``).
@@ -21,6 +22,7 @@ __all__ = [
     "NonFiniteFactorsError",
     "NumericalError",
     "RankDeficientError",
+    "UnreachableStoreError",
 ]
 
 
@@ -34,6 +36,10 @@ class InputError(CodedALSError, ValueError):
 
 class ClusterError(CodedALSError, RuntimeError):
     """The cluster cannot finish the work: too few workers alive, a scheduler not reachable."""
+
+
+class UnreachableStoreError(ClusterError):
+    """Some workers cannot open a store that this process can (another machine's disk)."""
 
 
 class NumericalError(CodedALSError, ArithmeticError):

@@ -412,3 +412,51 @@ def test_the_default_points_decode_within_budget_for_every_straggler_run(h, spar
             decoded = code.decode({w: code.compute(a[w], b[w]) for w in run})
         worst = max(worst, rel_err(decoded, A.T @ B))
     assert worst < 1e-8, (points, worst)
+
+
+@pytest.mark.parametrize(
+    "partition,points", [(2, "real"), (3, "circle"), ((5, 1), "circle"), ((4, 2), "real")]
+)
+def test_a_shard_built_strip_by_strip_equals_the_encoded_one(partition, points):
+    import zarr
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 37))
+    D = X.T @ X
+    code = ALSCode(partition, 13, points)
+    full = code.encode_data(D)
+    on_disk = zarr.array(D, chunks=(10, 10))  # read on slicing, as a stored D is
+    for w in (0, 6, 12):
+        for strip_bytes in (8, 8 * 7, 2**20):  # one row per strip, a few, all at once
+            shard = code.data_shard(D, w, strip_bytes=strip_bytes)
+            np.testing.assert_array_equal(shard, full[w])
+        np.testing.assert_array_equal(code.data_shard(on_disk, w, strip_bytes=100), full[w])
+        single = code.data_shard(on_disk, w, np.float32)
+        assert single.dtype == np.float32
+        np.testing.assert_array_equal(single, full[w].astype(np.float32))
+
+
+def test_products_keep_the_precision_of_their_operands():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((300, 5))
+    for kind, shape_a, shape_b in (
+        ("real", (300, 200), (300, 5)),
+        ("planes", (2, 300, 200), (300, 5)),
+        ("packed", (2, 300, 200), (2, 300, 5)),
+    ):
+        left = rng.standard_normal(shape_a).astype(np.float32)
+        right = rng.standard_normal(shape_b).astype(np.float32)
+        single = codes_module.worker_product(kind, left, right)
+        double = codes_module.worker_product(kind, left.astype(float), right.astype(float))
+        assert single.dtype == np.float32 and double.dtype == np.float64
+        assert np.linalg.norm(single - double) / np.linalg.norm(double) < 1e-5
+    assert codes_module.matmul_t(a, b).dtype == np.float64
+
+
+def test_float32_results_decode_in_float64_from_the_circle_only():
+    from dask_coded_als.coding.points import choose_points
+
+    # W = 13, K = 11: real points decode well enough in float64 and not in float32
+    assert choose_points(13, 11, 3) == "real"
+    assert choose_points(13, 11, 3, "float32") == "circle"
+    assert choose_points(13, 11, 1, "float32") == "circle"

@@ -16,10 +16,13 @@ from support import load_generator
 
 from dask_coded_als.data import gram as gram_mod
 from dask_coded_als.data import store as store_mod
-from dask_coded_als.data.ingest import ingest
+from dask_coded_als.data.ingest import ingest, ingest_dataframe
 from dask_coded_als.data.store import (
     RatingsStore,
     compute_gram,
+    compute_gram_on_cluster,
+    gram_array,
+    gram_source,
     load_gram,
     open_store,
     ratings_dask,
@@ -395,3 +398,77 @@ def test_generic_store_ids_are_strings(tmp_path):
     D, transposed = compute_gram(st)
     np.testing.assert_array_equal(D, [[1.0, 0.0], [0.0, 4.0]])  # x: bob 1, y: ann 2
     assert not transposed
+
+
+# --------------------------------------------------------------------------------------------
+# D on the cluster
+
+
+def _float_store(root: Path, n_users: int, n_items: int, n_ratings: int, seed: int) -> Path:
+    """A store whose ratings are arbitrary floats, so that sums round and their order shows."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    pairs = rng.choice(n_users * n_items, size=n_ratings, replace=False)
+    frame = pd.DataFrame(
+        {
+            "user": pairs // n_items,
+            "item": pairs % n_items,
+            "rating": rng.uniform(0.5, 5.0, size=n_ratings),
+        }
+    )
+    ingest_dataframe(frame, root / "s.zarr")
+    return root / "s.zarr"
+
+
+@pytest.mark.parametrize("shape", [(90, 40), (30, 75)], ids=["tall", "wide"])
+@pytest.mark.parametrize("block", [7, 40, 4096])
+def test_gram_on_cluster_equals_local_gram(tmp_path, client, shape, block):
+    """The workers' blocks of D equal the local computation bit for bit, whatever the blocks."""
+    path = _float_store(tmp_path, *shape, n_ratings=900, seed=block)
+    local, transposed = compute_gram(path, column_block=11)
+    assert compute_gram_on_cluster(path, client, block=block, overwrite=True) == transposed
+    stored, flag = gram_array(path)
+    assert flag == transposed and stored.chunks == (min(block, local.shape[0]),) * 2
+    np.testing.assert_array_equal(stored[...], local)
+    # And the threaded tree of partial sums agrees to rounding.
+    D_tree, _ = compute_gram(path, overwrite=True, rows_per_chunk=13)
+    np.testing.assert_allclose(D_tree, local, rtol=1e-13, atol=1e-12)
+
+
+def test_gram_on_cluster_float32_and_no_clobber(tmp_path, client):
+    path = _float_store(tmp_path, 50, 30, 500, seed=3)
+    local, _ = compute_gram(path, column_block=8)
+    before = {p: p.read_bytes() for p in (path / "gram").rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match="gram exists; pass overwrite=True"):
+        compute_gram(path, client=client)
+    assert before == {p: p.read_bytes() for p in (path / "gram").rglob("*") if p.is_file()}
+    D, _ = compute_gram(path, client=client, overwrite=True, dtype="float32")
+    assert D is None
+    stored, _ = gram_array(path)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored[...], local.astype(np.float32))
+    with pytest.raises(InputError, match="dtype must be 'float64' or 'float32'"):
+        compute_gram(path, client=client, overwrite=True, dtype="float16")
+    assert not [p for p in path.iterdir() if p.name.startswith(".tmp") or "tmp" in p.name]
+
+
+def test_gram_on_cluster_failure_leaves_no_partial_group(tmp_path, client, monkeypatch):
+    path = _float_store(tmp_path, 40, 20, 300, seed=4)
+    monkeypatch.setattr(store_mod, "_gram_pair_task", _failing_pair_task)
+    with pytest.raises(RuntimeError, match="block failed"):
+        compute_gram_on_cluster(path, client, block=5)
+    assert sorted(p.name for p in path.iterdir()) == ["by_item", "ids", "ratings", "zarr.json"]
+
+
+def _failing_pair_task(*args):
+    raise RuntimeError("block failed")
+
+
+def test_gram_source_reads_on_a_worker(tmp_path, client):
+    path = _float_store(tmp_path, 40, 20, 300, seed=5)
+    compute_gram(path)
+    source = gram_source(path)
+    assert source.shape == (20, 20) and source.dtype == np.float64
+    rows = client.submit(lambda s: s.open_array()[2:5], source, pure=False).result(timeout=30)
+    np.testing.assert_array_equal(rows, load_gram(path)[0][2:5])

@@ -10,6 +10,7 @@ from typing import Any
 from dask_coded_als._util import jsonable
 from dask_coded_als.cli.options import (
     add_model_options,
+    as_flags,
     client_from_args,
     fit_summary,
     model_from_args,
@@ -27,6 +28,7 @@ FINGERPRINT = (
     "straggler_model",
     "straggler_delay",
     "points",
+    "dtype",
     "regularization",
     "seed",
 )
@@ -51,6 +53,8 @@ def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"{store.path}: no checkpoint to resume from")
     B, attrs = found
     saved = attrs.get("fingerprint")
+    if isinstance(saved, dict):  # checkpoints from before --dtype were float64
+        saved = {"dtype": "float64", **saved}
     if saved != fingerprint:
         differ = sorted(k for k in fingerprint if not saved or saved.get(k) != fingerprint[k])
         raise InputError(
@@ -64,6 +68,7 @@ def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
+    from dask_coded_als.errors import UnreachableStoreError
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
@@ -85,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
 
     with client_from_args(args, args.workers) as client:
         # D is computed only once a cluster is there, so a failed connection leaves the store
-        # as it was; the fit reads D from disk block by block.
+        # as it was. The workers compute it and build their shards from the store when they
+        # can open it; otherwise this process does both.
+        try:
+            stores.check_workers_read(store, client)
+            shared = True
+        except UnreachableStoreError as exc:
+            print(f"{as_flags(str(exc))}; D and the shards are made here", file=sys.stderr)
+            shared = False
         if not store.has_gram:
-            stores.compute_gram(store)
-        D = stores.gram_array(store)[0]
+            stores.compute_gram(store, client=client if shared else None, dtype=args.dtype)
         model.fit(
             R,
             client=client,
-            gram=D,
+            gram=stores.gram_source(store) if shared else stores.gram_array(store)[0],
             callback=None if args.json else progress(),
             checkpoint=checkpoint,
             resume=resume,

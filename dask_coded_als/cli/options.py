@@ -93,6 +93,7 @@ FLAGS = {
     "seed": "--seed",
     "stage_timeout": "--stage-timeout",
     "verify": "--verify",
+    "dtype": "--dtype",
     "scheduler": "--scheduler",
     "scheduler_file": "--scheduler-file",
     "tls_ca_file": "--tls-ca-file",
@@ -136,7 +137,7 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser, factors_required: bool = True) -> None:
-    from dask_coded_als.engine import MODES, PROTOCOLS
+    from dask_coded_als.engine import DTYPES, MODES, PROTOCOLS
     from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
 
     p.add_argument("--factors", type=positive_int, required=factors_required, metavar="D")
@@ -173,6 +174,12 @@ def add_model_options(p: argparse.ArgumentParser, factors_required: bool = True)
         metavar="E",
         help="find and leave out up to E wrong answers per iteration (collects K + 2E)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float64",
+        help="precision of D, the shards and the workers' products (float32: half the memory)",
+    )
     p.add_argument("--iterations", type=non_negative_int, default=50, metavar="T")
     p.add_argument("--tol", type=non_negative_float, default=1e-9)
     p.add_argument("--regularization", type=non_negative_float, default=0.0, metavar="L")
@@ -202,6 +209,7 @@ def model_from_args(args: argparse.Namespace) -> Any:
         seed=args.seed,
         stage_timeout=args.stage_timeout,
         verify=args.verify,
+        dtype=args.dtype,
     )
 
 

@@ -93,6 +93,8 @@ def _conj_packed(planes: np.ndarray) -> np.ndarray:
 #: milliseconds of one core), so that it can stop between two chunks (``interrupt``) and so that
 #: Gauss's trick adds the planes of a shard one chunk at a time, never copying the whole shard.
 CHUNK_MULTIPLY_ADDS = 2**25
+#: :meth:`ALSCode.data_shard` reads D in strips of about this many bytes.
+STRIP_BYTES = 2**27
 _MIN_CHUNK_COLUMNS = 64
 
 
@@ -104,10 +106,10 @@ def matmul_t(
     a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
 ) -> np.ndarray | None:
     """``a^T b`` computed in column chunks of ``a``; None if ``interrupt()`` turns true between
-    two chunks."""
+    two chunks. In the operands' precision (float32 shards and operands give float32)."""
     n_out = a.shape[1]
     step = _chunk_columns(n_out, a.shape[0] * b.shape[1])
-    out = np.empty((n_out, b.shape[1]))
+    out = np.empty((n_out, b.shape[1]), np.result_type(a, b))
     for c in range(0, n_out, step):
         if interrupt is not None and interrupt():
             return None
@@ -132,7 +134,7 @@ def _matmul_t_planes(
     a: np.ndarray, b: np.ndarray, interrupt: Callable[[], bool] | None = None
 ) -> np.ndarray | None:
     """``a^T b`` for a packed complex ``a`` and a real ``b``: two real products."""
-    out = np.empty((2, a.shape[2], b.shape[1]))
+    out = np.empty((2, a.shape[2], b.shape[1]), np.result_type(a, b))
     for plane in (0, 1):
         part = matmul_t(a[plane], b, interrupt)
         if part is None:
@@ -149,7 +151,7 @@ def _matmul_t_packed(
     n_out = a.shape[2]
     step = _chunk_columns(n_out, a.shape[1] * b.shape[2])
     b_sum = b[0] + b[1]
-    out = np.empty((2, n_out, b.shape[2]))
+    out = np.empty((2, n_out, b.shape[2]), np.result_type(a, b))
     for c in range(0, n_out, step):
         if interrupt is not None and interrupt():
             return None
@@ -207,9 +209,9 @@ class _Decoder:
         self._cache[workers] = plan
         return plan
 
-    def estimated_error(self, workers: Sequence[int]) -> float:
-        """Condition number times machine epsilon: the relative error to expect from a decode."""
-        return self.plan(tuple(sorted(workers))).cond * _EPS
+    def estimated_error(self, workers: Sequence[int], eps: float = _EPS) -> float:
+        """Condition number times the results' epsilon: the relative error to expect."""
+        return self.plan(tuple(sorted(workers))).cond * eps
 
     def apply(self, results: Mapping[int, np.ndarray], packed: bool, real_part: bool) -> np.ndarray:
         """Recover the wanted coefficients; returns shape ``(len(wanted),) + block shape``."""
@@ -396,9 +398,10 @@ class EntangledPolynomialCode:
         """How many column blocks A is cut into (2p when its output blocks are paired, else p)."""
         return 2 * self.p if self.pairs_output else self.p
 
-    def estimated_error(self, workers: Sequence[int]) -> float:
-        """Relative decoding error to expect from these workers (condition number x epsilon)."""
-        return self._product_decoder.estimated_error(workers)
+    def estimated_error(self, workers: Sequence[int], eps: float = _EPS) -> float:
+        """Relative decoding error to expect from these workers (condition number x epsilon of
+        the results, float64's by default)."""
+        return self._product_decoder.estimated_error(workers, eps)
 
     def estimated_b_error(self, workers: Sequence[int]) -> float:
         """Like :meth:`estimated_error`, for :meth:`decode_b`."""
@@ -406,12 +409,18 @@ class EntangledPolynomialCode:
 
     # -- encoding -----------------------------------------------------------------------------
     def _blocks(
-        self, M: np.ndarray, n_cols: int, name: str, pad_to: tuple[int, int] | None = None
+        self,
+        M: np.ndarray,
+        n_cols: int,
+        name: str,
+        pad_to: tuple[int, int] | None = None,
+        rows_within: tuple[int, int] | None = None,
     ) -> tuple[Callable[[int, int], np.ndarray], tuple[int, int]]:
         """A getter of the blocks of M (contraction block, column block) and their shape.
 
         With ``pad_to`` the matrix is taken as zero-extended to that shape without copying it
-        (D can be most of the master's memory).
+        (D can be most of the master's memory); with ``rows_within = (a, b)`` every block is
+        cut to its rows a:b (a strip of the encoded matrix).
         """
         # An array that reads from disk on slicing (a zarr.Array) is read block by block.
         lazy = not isinstance(M, np.ndarray) and hasattr(M, "shape") and hasattr(M, "__getitem__")
@@ -431,20 +440,23 @@ class EntangledPolynomialCode:
         if not lazy and not np.all(np.isfinite(M)):
             raise ValueError(f"{name} contains NaN or infinite values")
         rows, cols = shape[0] // n_rows, shape[1] // n_cols
+        first, last = (0, rows) if rows_within is None else rows_within
+        if not 0 <= first < last <= rows:
+            raise ValueError(f"rows {first}:{last} are not within the {rows} rows of a block")
 
         def block(j: int, i: int) -> np.ndarray:
-            part = M[j * rows : (j + 1) * rows, i * cols : (i + 1) * cols]
+            part = M[j * rows + first : j * rows + last, i * cols : (i + 1) * cols]
             if lazy:
                 part = np.asarray(part, dtype=np.float64)
                 if not np.all(np.isfinite(part)):
                     raise ValueError(f"{name} contains NaN or infinite values")
-            if part.shape == (rows, cols):
+            if part.shape == (last - first, cols):
                 return part
-            full = np.zeros((rows, cols))
+            full = np.zeros((last - first, cols))
             full[: part.shape[0], : part.shape[1]] = part
             return full
 
-        return block, (rows, cols)
+        return block, (last - first, cols)
 
     def _encode(
         self,
@@ -528,10 +540,12 @@ class EntangledPolynomialCode:
         A: np.ndarray,
         workers: Sequence[int] | None = None,
         pad_to: tuple[int, int] | None = None,
+        rows_within: tuple[int, int] | None = None,
     ) -> list[np.ndarray]:
         """Encoded ``A`` for every worker (or for ``workers``), in worker order. With
-        ``pad_to``, A is taken as zero-extended to that shape (no copy)."""
-        blocks = self._blocks(A, self.output_blocks, "A", pad_to)
+        ``pad_to``, A is taken as zero-extended to that shape (no copy); with ``rows_within``,
+        only those rows of the encoded matrix are made (from those rows of every block)."""
+        blocks = self._blocks(A, self.output_blocks, "A", pad_to, rows_within)
         j, i = np.meshgrid(np.arange(self.r), np.arange(self.p), indexing="ij")
         return self._encode(blocks, j + i * self.r, workers)
 
@@ -735,6 +749,26 @@ class ALSCode:
         :meth:`padded_size` on the fly."""
         size = self.padded_size(D.shape[0])
         return self.product_code.encode_a(D, workers, pad_to=(size, size))
+
+    def data_shard(
+        self, D: Any, worker: int, dtype: Any = np.float64, strip_bytes: int = STRIP_BYTES
+    ) -> np.ndarray:
+        """Worker ``worker``'s shard ``D~(x_w)`` as :meth:`encode_data` makes it, built strip by
+        strip of rows into an array of ``dtype``: besides the shard it holds a few strips of about
+        ``strip_bytes`` (one block's rows at a time), so a D that reads from disk on slicing is
+        never loaded whole."""
+        size = self.padded_size(D.shape[0])
+        code = self.product_code
+        block_rows, block_cols = size // code.contraction_blocks, size // code.output_blocks
+        step = max(1, strip_bytes // (8 * block_cols))
+        shard = None
+        for a in range(0, block_rows, step):
+            b = min(a + step, block_rows)
+            strip = code.encode_a(D, [worker], pad_to=(size, size), rows_within=(a, b))[0]
+            if shard is None:
+                shard = np.empty((*strip.shape[:-2], block_rows, strip.shape[-1]), dtype)
+            shard[..., a:b, :] = strip
+        return shard
 
     def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:
         """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)`` (the operand of

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "REAL_CONDITION_LIMIT",
+    "REAL_DECODE_ERROR_LIMIT",
     "choose_points",
     "evaluation_points",
     "vandermonde",
@@ -37,8 +38,10 @@ POINT_FAMILIES = ("circle", "real")
 #: Above this many K-subsets the worst case is estimated (contiguous + random runs).
 EXHAUSTIVE_LIMIT = 5000
 #: The engine's default takes real points where their worst-case condition number is at most
-#: this: a decoding error below about 2e-11 (condition number x machine epsilon).
+#: this in float64: a decoding error below about 2e-11 (condition number x machine epsilon).
 REAL_CONDITION_LIMIT = 1e5
+#: The same bound as a decoding error, for results of any precision.
+REAL_DECODE_ERROR_LIMIT = REAL_CONDITION_LIMIT * float(np.finfo(np.float64).eps)
 
 
 def evaluation_points(n_workers: int, points: str | Sequence[complex] | None = None) -> np.ndarray:
@@ -162,21 +165,27 @@ def worst_case_condition_number(
 
 
 @functools.lru_cache(maxsize=256)
-def choose_points(n_workers: int, recovery_threshold: int, r: int) -> str:
+def choose_points(n_workers: int, recovery_threshold: int, r: int, dtype: str = "float64") -> str:
     """The cheaper family of points that decodes accurately from any ``recovery_threshold`` of
-    ``n_workers`` workers, for a code that splits the contraction ``r`` ways.
+    ``n_workers`` workers, for a code that splits the contraction ``r`` ways, from results in
+    ``dtype``.
 
     Real points need 1x the multiply-adds per worker where the circle's paired operands need
-    1.5x (r > 1), so they are taken wherever their worst-case condition number is at most
-    :data:`REAL_CONDITION_LIMIT` (few workers and spares: W = 13, K = 11 gives 1.7e4); the
-    circle otherwise (and always for r = 1, whose circle code pairs output blocks at 1x cost).
+    1.5x (r > 1), so they are taken wherever their worst-case decoding error (condition number
+    x the results' epsilon) is at most :data:`REAL_DECODE_ERROR_LIMIT`: in float64 a condition
+    number up to :data:`REAL_CONDITION_LIMIT` (few workers and spares: W = 13, K = 11 gives
+    1.7e4), in float32 none (its epsilon alone is 6e-8). The circle otherwise, and always for
+    r = 1, whose circle code pairs output blocks at 1x cost.
 
     Examples
     --------
     >>> choose_points(13, 11, 3), choose_points(16, 11, 3), choose_points(13, 11, 1)
     ('real', 'circle', 'circle')
+    >>> choose_points(13, 11, 3, "float32")
+    'circle'
     """
     if r == 1:
         return "circle"
     worst = worst_case_condition_number(n_workers, recovery_threshold, "real")
-    return "real" if worst <= REAL_CONDITION_LIMIT else "circle"
+    error = worst * float(np.finfo(dtype).eps)
+    return "real" if error <= REAL_DECODE_ERROR_LIMIT else "circle"

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 __all__ = [
     "GRAM_BY_COLUMNS_BYTES",
     "block_gram",
+    "pair_block",
     "gram",
     "gram_by_columns",
     "sum_parts",
@@ -82,6 +83,13 @@ def block_gram(block: Any) -> Any:
     if sp.issparse(product):
         return _maybe_dense(product.tocsr())
     return np.asarray(product, dtype=np.float64)
+
+
+def pair_block(rows_i: sp.csr_matrix, rows_j: sp.csr_matrix) -> np.ndarray:
+    """The block ``D[I, J] = X_t[I] X_t[J]^T`` of D = X^T X from rows I and J of ``X_t = X^T``,
+    dense. Each entry sums ``x_ra x_rb`` over the rows r of X in ascending order, as
+    :func:`gram_by_columns` does, so the blocks make the same D to the last bit."""
+    return np.asarray((rows_i @ rows_j.T).toarray(), dtype=np.float64)
 
 
 def sum_parts(*parts: Any) -> Any:

@@ -61,10 +61,11 @@ from dask_coded_als.data.gram import (
     GRAM_BY_COLUMNS_BYTES,
     block_gram,
     gram_by_columns,
+    pair_block,
     sum_parts,
     tree_sum,
 )
-from dask_coded_als.errors import InputError
+from dask_coded_als.errors import InputError, UnreachableStoreError
 
 __all__ = [
     "LAYOUT",
@@ -374,7 +375,7 @@ def ratings_dask(
     blocks = []
     for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
         task = dask.delayed(_load_block, pure=True)(
-            str(st.path),
+            str(st.path.absolute()),
             group,
             r0,
             r1,
@@ -448,7 +449,9 @@ def compute_gram(
     split_every: int = 8,
     scheduler: str | None = "threads",
     column_block: int | None = None,
-) -> tuple[np.ndarray, bool]:
+    client: Any = None,
+    dtype: str = "float64",
+) -> tuple[np.ndarray | None, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
 
     D = R^T R (``n_items x n_items``) when ``n_users >= n_items``, else D = R R^T
@@ -476,14 +479,23 @@ def compute_gram(
         threaded scheduler even when a ``distributed.Client`` is active; ``None`` uses dask's
         current default (an active Client then runs the tasks, whose workers must see the store's
         file system).
+    client : distributed.Client or None
+        Compute D on this cluster instead (:func:`compute_gram_on_cluster`): the workers read
+        the ratings from the store and write the blocks of D into it, so this process holds
+        none of it. Its workers must see the store's file system.
+    dtype : {"float64", "float32"}
+        How D is stored (it is computed in float64 either way).
 
     Returns
     -------
-    D : numpy.ndarray
-        float64, symmetric, shape ``(l, l)`` with ``l = min(n_users, n_items)``.
+    D : numpy.ndarray or None
+        float64, symmetric, shape ``(l, l)`` with ``l = min(n_users, n_items)``; None when
+        computed on a cluster (read it with :func:`gram_array`).
     transposed : bool
         True when D = R R^T.
     """
+    if client is not None:
+        return None, compute_gram_on_cluster(store, client, overwrite=overwrite, dtype=dtype)
     st = _as_store(store)
     if split_every < 2:
         raise InputError(f"split_every must be >= 2, not {split_every!r}")
@@ -514,13 +526,165 @@ def compute_gram(
     _write_group(
         st,
         "gram",
-        {"D": gram},
+        {"D": gram.astype(_gram_dtype(dtype), copy=False)},
         attrs,
         {"D": (side, side)},
         {"transposed": transposed},
         compressed=False,
     )
     return gram, transposed
+
+
+def _gram_dtype(dtype: Any) -> np.dtype:
+    if str(dtype) not in ("float64", "float32"):
+        raise InputError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    return np.dtype(str(dtype))
+
+
+#: Side of the blocks of D that :func:`compute_gram_on_cluster` computes per task (and the
+#: chunks of the stored D): 2048 x 2048 float64 is 32 MiB.
+GRAM_BLOCK = 2048
+
+
+def _gram_pair_task(
+    path: str, group: str, rows_i: tuple, rows_j: tuple, n_cols: int, out: str, dtype: str
+) -> None:
+    """On a worker: read rows I and J of X^T from the store, write D[I, J] and D[J, I]."""
+    a = _load_block(path, group, *rows_i, n_cols)
+    b = a if rows_j == rows_i else _load_block(path, group, *rows_j, n_cols)
+    block = pair_block(a, b).astype(dtype, copy=False)
+    D = zarr.open_array(LocalStore(path), path=out, mode="r+")
+    (i0, i1), (j0, j1) = rows_i[:2], rows_j[:2]
+    D[i0:i1, j0:j1] = block
+    if rows_j != rows_i:
+        D[j0:j1, i0:i1] = block.T
+
+
+def compute_gram_on_cluster(
+    store: StoreLike,
+    client: Any,
+    *,
+    overwrite: bool = False,
+    block: int = GRAM_BLOCK,
+    dtype: str = "float64",
+    timeout: float = 3600.0,
+) -> bool:
+    """Compute D = X^T X on ``client``'s cluster, straight into the store's ``gram/D``.
+
+    One task per pair of blocks I <= J of D's side reads rows I and J of X^T (the ``by_item``
+    arrays for D = R^T R, the ``ratings`` arrays for D = R R^T) from the store, forms
+    ``D[I, J]`` (:func:`dask_coded_als.data.gram.pair_block`) and writes it and its transpose
+    into their chunks. The blocks equal those of :func:`compute_gram`'s column blocks exactly.
+    The group is written under a temporary name and swapped in at the end, as every group.
+
+    Returns
+    -------
+    bool
+        True when D = R R^T.
+    """
+    from distributed import as_completed
+
+    st = _as_store(store)
+    if st.has_gram and not overwrite:
+        raise InputError(f"{st.path}: gram exists; pass overwrite=True to replace it")
+    check_int(block, "block", 1)
+    check_workers_read(st, client)
+    transposed = st.n_users < st.n_items
+    group, n_cols = ("ratings", st.n_items) if transposed else ("by_item", st.n_users)
+    side = min(st.n_users, st.n_items)
+    indptr = st.array(f"{group}/indptr")[...].astype(np.int64, copy=False)
+    starts = list(range(0, side, block))
+    rows = [
+        (a, min(a + block, side), int(indptr[a]), int(indptr[min(a + block, side)])) for a in starts
+    ]
+    tmp = _tmp_name("tmp", "gram")
+    attrs = {
+        "transposed": transposed,
+        "n_users": st.n_users,
+        "n_items": st.n_items,
+        "ingest_id": st.attrs.get("ingest_id"),
+    }
+    try:
+        root = zarr.open_group(LocalStore(st.path), mode="r+")
+        root.create_group(tmp, attributes=attrs).create_array(
+            "D",
+            shape=(side, side),
+            dtype=_gram_dtype(dtype),
+            chunks=(min(block, side) or 1,) * 2,
+            attributes={"transposed": transposed},
+            compressors=None,
+        )
+        futures = [
+            client.submit(
+                _gram_pair_task,
+                str(st.path.absolute()),
+                group,
+                rows[i],
+                rows[j],
+                n_cols,
+                f"{tmp}/D",
+                str(_gram_dtype(dtype)),
+                pure=False,
+                key=f"gram-block-{i}-{j}-{tmp}",
+            )
+            for i in range(len(rows))
+            for j in range(i, len(rows))
+        ]
+        for future in as_completed(futures, timeout=timeout, loop=client.loop):
+            if future.status != "finished":
+                future.result()  # raises the task's error (or that it was lost)
+        _swap_in(st.path, tmp, "gram")
+    except BaseException:
+        shutil.rmtree(st.path / tmp, ignore_errors=True)
+        raise
+    return transposed
+
+
+def _open_on_worker(path: str) -> str | None:
+    try:
+        open_store(path)
+    except Exception as exc:
+        return one_line(exc)
+    return None
+
+
+def check_workers_read(store: StoreLike, client: Any, timeout: float = 30.0) -> None:
+    """Raise :class:`UnreachableStoreError` unless every worker of ``client`` opens the store
+    (at the same path: the workers must share this process's file system)."""
+    from dask_coded_als.engine.cluster import probe_workers
+
+    st = _as_store(store)
+    found = probe_workers(client, _open_on_worker, str(st.path.absolute()), timeout=timeout)
+    failing = {address: why for address, why in found.items() if why is not None}
+    if failing:
+        address, why = next(iter(failing.items()))
+        raise UnreachableStoreError(
+            f"{len(failing)} of {len(found)} workers cannot open the store {st.path} "
+            f"(e.g. {address}: {why}); they must share this machine's file system"
+        )
+
+
+class GramSource:
+    """Where a stored D is, in a form that travels to workers: :meth:`open_array` gives it there
+    as a read-only array that reads from disk on slicing (so a worker that sees the store's file
+    system can build its coded shard from it block by block)."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], dtype: str) -> None:
+        self.path = str(Path(path).resolve())
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    def open_array(self) -> zarr.Array:
+        return zarr.open_array(LocalStore(self.path, read_only=True), path="gram/D", mode="r")
+
+    def __repr__(self) -> str:
+        return f"GramSource({self.path!r}, shape={self.shape})"
+
+
+def gram_source(store: StoreLike) -> GramSource:
+    """The stored D as a :class:`GramSource` (checked as :func:`gram_array` checks it)."""
+    gram, _ = gram_array(store)
+    return GramSource(_as_store(store).path, gram.shape, str(gram.dtype))
 
 
 def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:

@@ -5,7 +5,8 @@ The engine knows Dask and the codes; it knows nothing of file formats.
 - :mod:`~dask_coded_als.engine.estimator`: :class:`CodedALS` (parameters, validation, ``fit``);
 - :mod:`~dask_coded_als.engine.master`: :class:`~dask_coded_als.engine.master.Master`, one fit
   on the cluster (shards, rounds, exchanges, recovery);
-- :mod:`~dask_coded_als.engine.schemes`: what each mode and protocol computes where;
+- :mod:`~dask_coded_als.engine.schemes`: what each mode and protocol computes where, and how a
+  shard is built (at the master, or by its worker from a source it opens);
 - :mod:`~dask_coded_als.engine.exchange`: one exchange described as data;
 - :mod:`~dask_coded_als.engine.tasks`: what runs on the workers (stoppable tasks);
 - :mod:`~dask_coded_als.engine.faults`: straggler delays and kills carried out;
@@ -13,6 +14,6 @@ The engine knows Dask and the codes; it knows nothing of file formats.
 """
 
 from dask_coded_als.engine.cluster import local_cluster
-from dask_coded_als.engine.estimator import MODES, PROTOCOLS, CodedALS
+from dask_coded_als.engine.estimator import DTYPES, MODES, PROTOCOLS, CodedALS
 
-__all__ = ["CodedALS", "MODES", "PROTOCOLS", "local_cluster"]
+__all__ = ["CodedALS", "DTYPES", "MODES", "PROTOCOLS", "local_cluster"]

@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import ssl
+import time
+import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,14 @@ from distributed.security import Security
 from dask_coded_als._util import one_line
 from dask_coded_als.errors import ClusterError, InputError
 
-__all__ = ["cluster_for", "connect", "local_cluster", "tls_security", "worker_addresses"]
+__all__ = [
+    "cluster_for",
+    "connect",
+    "local_cluster",
+    "probe_workers",
+    "tls_security",
+    "worker_addresses",
+]
 
 
 @contextlib.contextmanager
@@ -55,6 +64,47 @@ def worker_addresses(client: Client) -> set[str]:
     and the read, so it sometimes lists no workers at all.
     """
     return set(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
+
+
+def probe_workers(
+    client: Client,
+    probe: Callable[..., Any],
+    *args: Any,
+    addresses: Iterable[str] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, str | None]:
+    """Run ``probe(*args)`` once on each worker (all of them, or ``addresses``).
+
+    Returns, per address, None when the probe returned None there, else why not: what it
+    returned, the error it raised, or that it gave no answer within ``timeout`` seconds.
+    """
+    addresses = sorted(worker_addresses(client) if addresses is None else addresses)
+    token = uuid.uuid4().hex[:8]
+    futures = {
+        address: client.submit(
+            probe,
+            *args,
+            key=f"probe-{token}-{i}",
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+        )
+        for i, address in enumerate(addresses)
+    }
+    deadline = time.monotonic() + timeout
+    for future in futures.values():
+        with contextlib.suppress(Exception):  # its error is reported below
+            future.exception(timeout=max(0.0, deadline - time.monotonic()))
+    found: dict[str, str | None] = {}
+    for address, future in futures.items():
+        if future.status == "finished":
+            found[address] = future.result()
+        elif future.status == "error":
+            found[address] = one_line(future.exception())
+        else:
+            found[address] = f"no answer within {timeout:g} s"
+    client.cancel([f for f in futures.values() if f.status == "pending"])
+    return found
 
 
 def local_cluster(n_workers: int, **kwargs: Any) -> LocalCluster:

@@ -15,13 +15,15 @@ from dask_coded_als.coding.codes import partition
 from dask_coded_als.coding.points import POINT_FAMILIES
 from dask_coded_als.engine.cluster import cluster_for
 from dask_coded_als.engine.master import Master, Settings
+from dask_coded_als.engine.schemes import is_source
 from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
 from dask_coded_als.errors import InputError
 
-__all__ = ["CodedALS", "MODES", "PROTOCOLS"]
+__all__ = ["CodedALS", "DTYPES", "MODES", "PROTOCOLS"]
 
 MODES = ("coded", "uncoded", "replication")
 PROTOCOLS = ("fast", "paper")
+DTYPES = ("float64", "float32")
 
 
 class CodedALS:
@@ -70,7 +72,7 @@ class CodedALS:
         straggler pattern (a worker's product costs 1.5x the real code's multiply-adds when
         r > 1). ``"real"``: the paper's real points (1x, but exponentially ill-conditioned in the
         threshold). None (default): real points where their worst-case decoding error for this
-        W and threshold is below about 2e-11, the circle otherwise
+        W and threshold is below about 2e-11 (never in float32), the circle otherwise
         (:func:`dask_coded_als.coding.points.choose_points`).
     max_iter : int, default 50
         Maximum number of updates of the factor.
@@ -92,6 +94,12 @@ class CodedALS:
         on one polynomial, locates up to e that do not (:mod:`dask_coded_als.coding.checking`)
         and decodes without them; more wrong answers than that end the fit with a ClusterError.
         0 keeps the first K and their speed. Needs K + 2e <= n_workers.
+    dtype : {"float64", "float32"}
+        Precision of the shards, the operands sent and the workers' products (planes of
+        complex64 values on the circle). float32 halves the workers' memory and the bytes moved
+        and runs the products at single-precision speed; the master decodes and does its algebra
+        in float64, and the factors agree with float64's to about the decoding's condition
+        number times 6e-8 (docs/numerics.md).
 
     Attributes
     ----------
@@ -162,6 +170,7 @@ class CodedALS:
         stage_timeout: float = 120.0,
         recovery_timeout: float = 30.0,
         verify: int = 0,
+        dtype: str = "float64",
     ):
         self.n_factors = n_factors
         self.n_workers = n_workers
@@ -180,6 +189,7 @@ class CodedALS:
         self.stage_timeout = stage_timeout
         self.recovery_timeout = recovery_timeout
         self.verify = verify
+        self.dtype = dtype
 
     # -- validation -------------------------------------------------------------------------
     def _settings(self, shape: tuple[int, int]) -> Settings:
@@ -205,6 +215,8 @@ class CodedALS:
         ):
             if getattr(self, name) not in choices:
                 raise InputError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.points is not None and self.points not in POINT_FAMILIES:
             raise InputError(f"points must be one of {POINT_FAMILIES} or None, got {self.points!r}")
         for name in (
@@ -241,6 +253,7 @@ class CodedALS:
             seed=self.seed,
             stage_timeout=float(self.stage_timeout),
             recovery_timeout=float(self.recovery_timeout),
+            dtype=self.dtype,
         )
 
     def _check_verify(self, partition: tuple[int, int] | str | None) -> None:
@@ -309,11 +322,14 @@ class CodedALS:
         client : distributed.Client or None
             The cluster to run on. None starts a LocalCluster of ``n_workers`` processes on
             127.0.0.1 and closes it afterwards.
-        gram : ndarray, array-like or None
+        gram : ndarray, array-like, source or None
             D = R^T R (m >= n) or R R^T (m < n), if already computed; otherwise it is computed
             on the cluster. An array that reads from disk on slicing (e.g. a ``zarr.Array``) is
             read block by block while the shards are placed, and again only to rebuild a lost
-            worker's shard.
+            worker's shard. A *source* (an object with ``shape`` and ``open_array()``, which returns
+            such an array; :func:`dask_coded_als.data.store.gram_source`) is opened by the
+            workers: each builds its own shard from it, so D never passes through this process.
+            Workers that cannot open it (checked first) get their shards from this process.
         callback : callable or None
             Called with each round's history entry as soon as the round ends.
         checkpoint : callable or None
@@ -335,7 +351,8 @@ class CodedALS:
         self.transposed_ = m < n
         size = min(m, n)
         if gram is not None:
-            if not hasattr(gram, "shape") or not hasattr(gram, "__getitem__"):
+            lazy = hasattr(gram, "shape") and hasattr(gram, "__getitem__")
+            if not (lazy or is_source(gram)):
                 gram = np.asarray(gram, dtype=np.float64)
             if tuple(gram.shape) != (size, size):
                 raise InputError(f"gram has shape {gram.shape}, expected {(size, size)}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401  (sp.linalg.norm)
 from distributed import Client, Future
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
@@ -45,7 +46,7 @@ from dask_coded_als.coding.theory import ClusterRates
 from dask_coded_als.data.gram import block_gram, sum_parts, tree_sum
 from dask_coded_als.engine import tasks
 from dask_coded_als.engine.calibration import measure_rates
-from dask_coded_als.engine.cluster import worker_addresses
+from dask_coded_als.engine.cluster import probe_workers, worker_addresses
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
 from dask_coded_als.engine.faults import FaultInjector
 from dask_coded_als.engine.records import StageRecord, Timings
@@ -87,6 +88,7 @@ class Settings:
     seed: int | None
     stage_timeout: float
     recovery_timeout: float
+    dtype: str = "float64"
 
 
 @dataclass
@@ -161,6 +163,9 @@ class Master:
         self.history: list[dict] = []
         self.faults: FaultInjector | None = None
         self.rates: ClusterRates | None = None
+        self.trace = 0.0
+        #: address -> whether that worker opens the data source (asked once)
+        self._opens: dict[str, bool] = {}
 
     # -- the fit ------------------------------------------------------------------------------
     def run(self, R: Any, gram: Any, resume: dict | None) -> FitResult:
@@ -188,6 +193,8 @@ class Master:
                     D = gram
                     if D is None:
                         D = compute_gram(self.client, R, s.n_workers, s.stage_timeout)
+                    # trace(D) = ||R||_F^2, from R: D may be where only the workers read it
+                    self.trace = squared_norm(self.client, R, s.stage_timeout)
                 if s.partition == "auto":
                     with self.timings.phase("calibration"):
                         self._choose_partition(int(D.shape[0]))
@@ -198,7 +205,7 @@ class Master:
                 self.history = [] if resume is None else list(resume["history"])
                 start = 0 if resume is None else resume["iteration"]
                 with self.timings.phase("scatter_data"):
-                    self._place(list(range(s.n_workers)), scheme.shard)
+                    self._place(list(range(s.n_workers)), scheme)
                 # The master's algebra is small (l x d and d x d); on a machine it shares with
                 # workers, more BLAS threads only contend with them (measured: 3x slower rounds
                 # with 2 threads on 2 cores under 13 workers).
@@ -253,8 +260,8 @@ class Master:
             try:
                 F, S, state = scheme.gram_quantities(t, B, live)
                 with self.master_time():
-                    objective = als.objective_from_gram(scheme.trace, F, S, lam)
-                    converged = self._converged(objective, scheme.trace, F, state["decode_error"])
+                    objective = als.objective_from_gram(self.trace, F, S, lam)
+                    converged = self._converged(objective, self.trace, F, state["decode_error"])
                 stop = converged or t >= s.max_iter
                 if stop:
                     H = scheme.post(t, state, B, F)
@@ -347,17 +354,98 @@ class Master:
             time.sleep(0.1)
         self.address.update(enumerate(sorted(alive)[:n]))
 
-    def _place(self, workers: list[int], make_shard: Callable[[int], np.ndarray]) -> None:
-        for w in workers:
-            shard = make_shard(w)
-            self.bytes_sent += shard.nbytes
-            self.shards[w] = self.client.scatter(
-                shard,
+    def _place(self, workers: list[int], scheme: Any) -> None:
+        """Put the shards of ``workers`` in place: each built by its worker from the scheme's
+        source when that worker can open it, else built here and sent."""
+        remote = [w for w in workers if self._opens_source(w, scheme.source)]
+        for w in remote:
+            self.shards[w] = self.client.submit(
+                tasks.build_shard,
+                scheme.builder,
+                scheme.source,
+                w,
+                key=f"shard-w{w}-{self.token}-{uuid.uuid4().hex[:6]}",
                 workers=[self.address[w]],
-                direct=True,
-                hash=False,
-                timeout=min(self.settings.stage_timeout, SCATTER_TIMEOUT),
+                allow_other_workers=False,
+                pure=False,
             )
+        for w in workers:
+            if w in remote:
+                continue
+            shard = scheme.shard(w)
+            try:
+                self.shards[w] = self.client.scatter(
+                    shard,
+                    workers=[self.address[w]],
+                    direct=True,
+                    hash=False,
+                    timeout=min(self.settings.stage_timeout, SCATTER_TIMEOUT),
+                )
+            except (*WORKER_LOST, KeyError):
+                # The worker died (the scheduler may answer KeyError for an address it has just
+                # removed): no shard; the rounds' recovery places it again.
+                self.shards[w] = None
+                continue
+            self.bytes_sent += shard.nbytes
+        self._await_shards(remote)
+
+    def _opens_source(self, w: int, source: Any) -> bool:
+        """Whether worker w can open ``source`` (asked once per address, all at once at the
+        start); the workers that cannot get their shards from the master."""
+        if source is None:
+            return False
+        address = self.address[w]
+        if address not in self._opens:
+            asked = [a for a in self.address.values() if a not in self._opens]
+            # the first task on a fresh worker process imports this package: seconds
+            timeout = max(self.settings.recovery_timeout, SCATTER_TIMEOUT)
+            found = probe_workers(
+                self.client, tasks.open_source, source, addresses=asked, timeout=timeout
+            )
+            failing = {a: why for a, why in found.items() if why is not None}
+            if failing:
+                a, why = next(iter(failing.items()))
+                logger.warning(
+                    "%d workers cannot open %r (e.g. %s: %s); their shards are built here and sent",
+                    len(failing),
+                    source,
+                    a,
+                    why,
+                )
+            self._opens.update({a: why is None for a, why in found.items()})
+        return self._opens.get(address, False)
+
+    def _await_shards(self, workers: list[int]) -> None:
+        """Wait until the shards the workers build are in place. A worker that dies meanwhile
+        gets no shard (the rounds' recovery places it again); an error in a build is raised;
+        no progress within ``stage_timeout`` is a :class:`ClusterError`."""
+        pending = {w: self.shards[w] for w in workers}
+        timeout = self.settings.stage_timeout
+        progress = time.monotonic()
+        while pending:
+            with contextlib.suppress(Exception):  # errors are looked at below
+                next(iter(pending.values())).exception(timeout=1.0)
+            for w, future in list(pending.items()):
+                if future.status == "finished":
+                    del pending[w]
+                    progress = time.monotonic()
+                elif future.status == "error":
+                    error = future.exception()
+                    if not isinstance(error, WORKER_LOST):
+                        raise error
+                    self.shards[w] = None
+                    del pending[w]
+            if pending:
+                alive = self._alive()
+                for w in [w for w in pending if self.address[w] not in alive]:
+                    logger.warning("worker %d died while it built its shard", w)
+                    self.client.cancel(pending.pop(w))
+                    self.shards[w] = None
+            if pending and time.monotonic() - progress > timeout:
+                raise ClusterError(
+                    f"{len(pending)} workers did not build their shards within "
+                    f"stage_timeout={timeout:g} s"
+                )
 
     def _live(self) -> list[int]:
         """Workers whose shard is in place, as far as this client knows (no message)."""
@@ -384,13 +472,8 @@ class Master:
                     logger.warning("worker %d: shard placed again on %s", w, address)
                     self.address[w] = address
                     self.recoveries += 1
-                    try:
-                        with self.timings.phase("recovery"):
-                            self._place([w], scheme.shard)
-                    except (*WORKER_LOST, ValueError, KeyError):
-                        # The replacement died too (the scheduler may answer KeyError for an
-                        # address it has just removed); the next pass looks again.
-                        self.shards[w] = None
+                    with self.timings.phase("recovery"):
+                        self._place([w], scheme)  # if the replacement died, the next pass looks
                 live = [w for w in self._live() if self.address[w] in alive]
             if len(live) >= scheme.need:
                 return live
@@ -451,6 +534,7 @@ class Master:
         client = self.client
         stop_key = f"{self.token}-{number}"
         timeout = min(self.settings.stage_timeout, SCATTER_TIMEOUT)
+        dtype = np.result_type(self.settings.dtype)  # operands in the shards' precision
         over = False
         submitted: dict[int, Future] = {}
         operands: dict[int, list[Future]] = {}
@@ -464,10 +548,14 @@ class Master:
                 args = []
                 for item in spec.args(w):
                     if isinstance(item, Scatter):
+                        data = item.data
+                        if data.dtype.kind == "f":
+                            data = data.astype(dtype, copy=False)
+                        # counted when sent, so that a round counts its late workers' operands
+                        self.bytes_sent += data.nbytes
                         future = await client.scatter(
-                            item.data, workers=[address], direct=True, hash=False, timeout=timeout
+                            data, workers=[address], direct=True, hash=False, timeout=timeout
                         )
-                        self.bytes_sent += item.data.nbytes
                         operands.setdefault(w, []).append(future)
                         args.append(future)
                     else:
@@ -614,6 +702,15 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, tuple):
         return sum(_nbytes(v) for v in value)
     return int(getattr(value, "nbytes", 0))
+
+
+def squared_norm(client: Client, R: Any, timeout: float) -> float:
+    """``||R||_F^2``, which is trace(R^T R) and trace(R R^T)."""
+    if sp.issparse(R):
+        return float(sp.linalg.norm(R, "fro") ** 2)
+    if hasattr(R, "dask"):
+        return float(client.compute((R**2).sum()).result(timeout=timeout))
+    return float(np.vdot(R, R))
 
 
 def compute_gram(client: Client, R: Any, n_workers: int, timeout: float) -> np.ndarray:

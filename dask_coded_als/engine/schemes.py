@@ -22,6 +22,7 @@ objective and the update matrix G follow), then ``update`` (B+ = E G) or, in the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,24 +38,48 @@ from dask_coded_als.errors import InputError
 __all__ = ["CodedFast", "CodedPaper", "RowBlocks", "make_scheme"]
 
 
-def _trace(D: Any, block: int = 2048) -> float:
-    """trace(D), reading only the diagonal blocks of a D stored on disk."""
-    if isinstance(D, np.ndarray):
-        return float(np.trace(D))
-    return float(
-        sum(
-            np.trace(np.asarray(D[a : a + block, a : a + block]))
-            for a in range(0, D.shape[0], block)
-        )
-    )
+#: What a shard that is not finite means for the user.
+NOT_FINITE = "the Gram matrix of R is not finite in {dtype}; rescale R"
 
 
-def _finite(D: Any) -> Any:
-    """D itself when it is in memory and finite; a D stored on disk is checked block by block
-    when the shards are made."""
-    if isinstance(D, np.ndarray) and not np.all(np.isfinite(D)):
-        raise InputError("the Gram matrix of R is not finite; rescale R")
-    return D
+def is_source(D: Any) -> bool:
+    """Whether ``gram`` is a *source*: an object the workers open themselves (``open_array()``)."""
+    return callable(getattr(D, "open_array", None))
+
+
+def _checked_shard(shard: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(shard)):
+        raise InputError(NOT_FINITE.format(dtype=shard.dtype))
+    return shard
+
+
+@dataclass(frozen=True)
+class CodedShard:
+    """Builds worker w's coded shard from D, where D is: at the master, or on the worker itself
+    (it pickles to the code's parameters)."""
+
+    code: ALSCode
+    dtype: str
+
+    def __call__(self, D: Any, w: int) -> np.ndarray:
+        try:
+            shard = self.code.data_shard(D, w, self.dtype)
+        except ValueError:  # a strip of a D read from disk is not finite
+            raise InputError(NOT_FINITE.format(dtype=self.dtype)) from None
+        return _checked_shard(shard)
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Builds worker w's block of rows of D (the baselines)."""
+
+    edges: tuple[int, ...]
+    block_of: tuple[int, ...]
+    dtype: str
+
+    def __call__(self, D: Any, w: int) -> np.ndarray:
+        b = self.block_of[w]
+        return _checked_shard(np.asarray(D[self.edges[b] : self.edges[b + 1]], dtype=self.dtype))
 
 
 def _post_matrix(B: np.ndarray, F: np.ndarray, lam: float) -> np.ndarray:
@@ -63,16 +88,29 @@ def _post_matrix(B: np.ndarray, F: np.ndarray, lam: float) -> np.ndarray:
 
 
 class _Scheme:
-    """What every scheme shares: D, its size, the padding of the factor."""
+    """What every scheme shares: D (an array, or a source the workers open), its size, the
+    padding of the factor, how a shard is built (``builder``)."""
+
+    builder: Any
 
     def __init__(self, master: Any, D: Any, padded: int) -> None:
         self.master = master
         self.settings = master.settings
-        self.D = _finite(D)
+        if isinstance(D, np.ndarray) and not np.all(np.isfinite(D)):
+            raise InputError(NOT_FINITE.format(dtype=D.dtype))
+        self.D = D
+        self.source = D if is_source(D) else None
         self.size = int(D.shape[0])
         self.padded = padded
-        self.trace = _trace(D)
         self.lam = float(self.settings.regularization)
+        # Products in float32 round at its epsilon: the convergence test counts that as noise.
+        self.product_eps = float(np.finfo(self.settings.dtype).eps)
+
+    def shard(self, w: int) -> np.ndarray:
+        """Worker w's shard, built here (from D itself, or from the source opened here)."""
+        if self.source is not None and self.D is self.source:
+            self.D = self.source.open_array()  # the master reads D block by block
+        return self.builder(self.D, w)
 
     def pad(self, B: np.ndarray) -> np.ndarray:
         # Zero padding is exact: the padded rows of every factor stay zero.
@@ -105,14 +143,14 @@ class CodedFast(_Scheme):
     def __init__(self, master: Any, D: Any) -> None:
         s = master.settings
         p, r = s.partition
-        self.points = s.points or choose_points(s.n_workers, theory.partition_threshold(p, r), r)
+        self.points = s.points or choose_points(
+            s.n_workers, theory.partition_threshold(p, r), r, s.dtype
+        )
         self.code = ALSCode(s.partition, s.n_workers, self.points)
         super().__init__(master, D, self.code.padded_size(int(D.shape[0])))
         self.need = self.code.recovery_threshold
-
-    def shard(self, w: int) -> np.ndarray:
-        # A D stored on disk is never loaded whole: it is encoded block by block per shard.
-        return self.code.encode_data(self.D, [w])[0]
+        # A D stored on disk is never loaded whole: it is encoded strip by strip per shard.
+        self.builder = CodedShard(self.code, s.dtype)
 
     def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
         code = self.code
@@ -135,7 +173,7 @@ class CodedFast(_Scheme):
         with self.master.master_time():
             values = self._checked(answers, e)
             E = code.decode_stage1(values)
-            error = code.product_code.estimated_error(sorted(values))
+            error = code.product_code.estimated_error(sorted(values), self.product_eps)
         return self._master_side(B, E, error)
 
     def _checked(self, answers: Any, max_wrong: int) -> dict[int, Any]:
@@ -189,8 +227,8 @@ class CodedPaper(CodedFast):
         with master.master_time():
             S = code.decode_stage3(second.values)
             error = max(
-                code.product_code.estimated_error(sorted(first.values)),
-                cheap.estimated_error(sorted(second.values)),
+                code.product_code.estimated_error(sorted(first.values), self.product_eps),
+                cheap.estimated_error(sorted(second.values), self.product_eps),
             )
         return F, S, {"E": E, "right_e": second.operands, "decode_error": error}
 
@@ -236,18 +274,15 @@ class RowBlocks(_Scheme):
 
     def __init__(self, master: Any, D: Any, copies: int) -> None:
         super().__init__(master, D, int(D.shape[0]))
-        W = self.settings.n_workers
+        s = self.settings
+        W = s.n_workers
         self.n_blocks = max(1, W // copies)
         self.edges = np.linspace(0, self.size, self.n_blocks + 1).astype(int)
         self.block_of = {w: w % self.n_blocks for w in range(W)}
         self.need = self.n_blocks
-
-    def shard(self, w: int) -> np.ndarray:
-        b = self.block_of[w]
-        block = np.ascontiguousarray(self.D[self.edges[b] : self.edges[b + 1]], dtype=np.float64)
-        if not np.all(np.isfinite(block)):
-            raise InputError("the Gram matrix of R is not finite; rescale R")
-        return block
+        self.builder = RowBlock(
+            tuple(int(e) for e in self.edges), tuple(self.block_of.values()), s.dtype
+        )
 
     def gram_quantities(self, t: int, B: np.ndarray, live: list[int]) -> tuple:
         answers = self.master.exchange(
@@ -263,8 +298,10 @@ class RowBlocks(_Scheme):
         )
         with self.master.master_time():
             by_block = {self.block_of[w]: v for w, v in answers.values.items()}
-            E = np.vstack([by_block[b] for b in range(self.n_blocks)])
-        return self._master_side(B, E)
+            E = np.vstack([by_block[b] for b in range(self.n_blocks)]).astype(np.float64)
+        # float64 products count as exact here, as they always have; float32 ones do not
+        rounding = 0.0 if self.settings.dtype == "float64" else self.product_eps
+        return self._master_side(B, E, rounding)
 
 
 def make_scheme(master: Any, D: Any) -> _Scheme:

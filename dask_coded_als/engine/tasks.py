@@ -21,10 +21,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dask_coded_als._util import one_line
 from dask_coded_als.coding.codes import matmul_t
 from dask_coded_als.engine.stragglers import TaskDelay
 
-__all__ = ["TaskReport", "run_task", "row_block_product", "stop", "take_ledger"]
+__all__ = [
+    "TaskReport",
+    "build_shard",
+    "open_source",
+    "row_block_product",
+    "run_task",
+    "stop",
+    "take_ledger",
+]
 
 #: Stop flags kept per worker process; older ones are dropped (a flag is only looked at by the
 #: tasks of one exchange, which end long before this many exchanges have passed).
@@ -112,3 +121,19 @@ def row_block_product(
 ) -> np.ndarray | None:
     """``block @ B`` (the baselines' product) in row chunks; None if interrupted."""
     return matmul_t(block.T, B, interrupt)
+
+
+def open_source(source: Any) -> str | None:
+    """Open the data source here (the check before workers build their shards): None, or why
+    this worker cannot (returned, not raised: it is an answer, not a failure of the task)."""
+    try:
+        source.open_array()
+    except Exception as exc:
+        return one_line(exc)
+    return None
+
+
+def build_shard(builder: Callable[[Any, int], np.ndarray], source: Any, worker: int) -> np.ndarray:
+    """Worker ``worker``'s shard, built here from the source it opens (read block by block);
+    the shard stays in this worker's memory as the task's result."""
+    return builder(source.open_array(), worker)

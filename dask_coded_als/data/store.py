@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -440,6 +440,26 @@ def _write_group(
         raise
 
 
+class _BlocksDone(dask.callbacks.Callback):
+    """Calls ``progress(done, total)`` as dask's local schedulers finish the tasks named
+    ``name``, and once more with ``total`` at the end (a distributed scheduler calls no local
+    callbacks)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, name: str, total: int):
+        super().__init__()
+        self.progress, self.name, self.total, self.done = progress, name, total, 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if self.progress is not None and dask.utils.key_split(key) == self.name:
+            self.done += 1
+            self.progress(self.done, self.total)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        if self.progress is not None and exc[0] is None and self.done < self.total:
+            self.progress(self.total, self.total)
+
+
 def compute_gram(
     store: StoreLike,
     *,
@@ -448,6 +468,7 @@ def compute_gram(
     split_every: int = 8,
     scheduler: str | None = "threads",
     column_block: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
 
@@ -476,6 +497,9 @@ def compute_gram(
         threaded scheduler even when a ``distributed.Client`` is active; ``None`` uses dask's
         current default (an active Client then runs the tasks, whose workers must see the store's
         file system).
+    progress : callable, optional
+        Called as ``progress(done, total)`` as the blocks' products finish (row blocks, or
+        column blocks with ``column_block``); with a distributed scheduler only at the end.
 
     Returns
     -------
@@ -495,12 +519,16 @@ def compute_gram(
         column_block = 2048
     if column_block is not None:
         R = ratings_matrix(st)
-        gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
+        n_blocks = math.ceil(side_l / int(column_block))
+        # the name dask gives gram_by_columns' tasks of _column_block_gram
+        with _BlocksDone(progress, "column_block_gram", n_blocks):
+            gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
     else:
         blocks = ratings_dask(st, rows_per_chunk, transpose=transposed)
         parts = [dask.delayed(block_gram, pure=True)(b) for b in blocks.to_delayed().ravel()]
         node = dask.delayed(sum_parts, pure=True)
-        (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
+        with _BlocksDone(progress, "block_gram", len(parts)):
+            (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
         gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
     side = min(gram.shape[0], 2048) or 1
     attrs = {

@@ -159,8 +159,15 @@ class Master:
         self.rates: ClusterRates | None = None
 
     # -- the fit ------------------------------------------------------------------------------
-    def run(self, R: Any, gram: Any, resume: dict | None) -> FitResult:
-        """Fit R (validated by the estimator); ``gram`` is D or None."""
+    def run(
+        self,
+        R: Any,
+        gram: Any,
+        resume: dict | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FitResult:
+        """Fit R (validated by the estimator); ``gram`` is D or None; ``progress(done, total)``
+        follows the placement of the shards (workers)."""
         from dask_coded_als.engine.schemes import make_scheme
 
         s = self.settings
@@ -194,7 +201,7 @@ class Master:
                 self.history = [] if resume is None else list(resume["history"])
                 start = 0 if resume is None else resume["iteration"]
                 with self.timings.phase("scatter_data"):
-                    self._place(list(range(s.n_workers)), scheme.shard)
+                    self._place(list(range(s.n_workers)), scheme.shard, progress)
                 # The master's algebra is small (l x d and d x d); on a machine it shares with
                 # workers, more BLAS threads only contend with them (measured: 3x slower rounds
                 # with 2 threads on 2 cores under 13 workers).
@@ -342,8 +349,13 @@ class Master:
             time.sleep(0.1)
         self.address.update(enumerate(sorted(alive)[:n]))
 
-    def _place(self, workers: list[int], make_shard: Callable[[int], np.ndarray]) -> None:
-        for w in workers:
+    def _place(
+        self,
+        workers: list[int],
+        make_shard: Callable[[int], np.ndarray],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        for done, w in enumerate(workers, 1):
             shard = make_shard(w)
             self.bytes_sent += shard.nbytes
             self.shards[w] = self.client.scatter(
@@ -353,6 +365,8 @@ class Master:
                 hash=False,
                 timeout=min(self.settings.stage_timeout, SCATTER_TIMEOUT),
             )
+            if progress is not None:
+                progress(done, len(workers))
 
     def _live(self) -> list[int]:
         """Workers whose shard is in place, as far as this client knows (no message)."""

@@ -28,10 +28,13 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def _silent(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False) or getattr(args, "json", False))
+
+
 def shown(args: argparse.Namespace) -> bool:
     """Whether to draw bars for this command line."""
-    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
-    return not quiet and on_terminal()
+    return not _silent(args) and on_terminal()
 
 
 def _bar(desc: str, unit: str, total: int | None = None, initial: int = 0) -> tqdm:
@@ -113,7 +116,7 @@ def rounds(
     The bar opens with the first round, after the bars of the work before it have closed; a fit
     that converges early ends its bar full.
     """
-    if getattr(args, "quiet", False) or getattr(args, "json", False):
+    if _silent(args):
         yield None
         return
     if not on_terminal():

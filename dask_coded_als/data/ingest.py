@@ -965,10 +965,10 @@ def _read_parquet(parts, columns, chunk_rows, progress) -> tuple[_Collected, str
     for k, part in enumerate(parts):
         starts.append(data.n)
         advance = None
-        if progress is not None:
+        if progress is not None:  # bytes, estimated from the share of the part's rows read
 
             def advance(fraction: float, before: int = sum(sizes[:k]), size: int = sizes[k]):
-                progress(before + round(fraction * size), sum(sizes))  # bytes, estimated
+                progress(before + round(fraction * size), sum(sizes))
 
         for batch in _parquet_batches(part, columns, chunk_rows, advance):
             bad = data.add(*batch)

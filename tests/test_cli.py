@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -372,3 +373,169 @@ def test_fit_verify_leaves_out_wrong_answers_and_names_their_workers(sample_stor
     # 7 of the 8 answers are checked each round: the wrong worker is caught in some round
     wrong = StragglerModel("corrupt", 8, 1, 0.01, seed=0).fixed
     assert {int(w) for w in checked["wrong_answers"]} == set(wrong)
+
+
+# ---- a command line that explains itself ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where", [[], ["-v"], ["--verbose"], ["after"]], ids=["plain", "-v", "--verbose", "after"]
+)
+def test_an_internal_error_is_one_line_and_its_traceback_with_v(
+    sample_store, monkeypatch, capsys, where
+):
+    def broken(path):
+        raise RuntimeError("the store reader broke\nsecond line")
+
+    monkeypatch.setattr(stores, "open_store", broken)
+    argv = ["recommend", str(sample_store), "--user", "1"]
+    argv = [*argv, "-v"] if where == ["after"] else [*where, *argv]
+    assert run(argv) == EXIT_CODES["internal"]
+    err = capsys.readouterr().err
+    line = "dask-coded-als: internal error: RuntimeError: the store reader broke"
+    if where:
+        assert err.startswith(line + "\n") and "Traceback (most recent call last)" in err
+        assert "in broken" in err  # the traceback reaches the failing function
+    else:
+        assert err == line + " (-v shows the traceback)\n"
+
+
+def test_verbose_and_quiet_after_the_subcommand_leave_the_earlier_flags(sample_store):
+    from dask_coded_als.cli import build_parser, given_options
+
+    parse = build_parser().parse_args
+    args = parse(["-v", "recommend", str(sample_store), "--user", "1"])
+    assert args.verbose and not args.quiet
+    args = parse(["recommend", str(sample_store), "--user", "1", "-q", "--verbose"])
+    assert args.verbose and args.quiet
+    args = parse(["recommend", str(sample_store), "--user", "1"])
+    assert not args.verbose and not args.quiet
+    # what the command line gives, as opposed to defaults
+    given = given_options(["-q", "fit", str(sample_store), "--workers", "8", "--resume"])
+    assert given == {"quiet", "command", "store", "workers", "resume"}
+
+
+def _interrupted_fit(store, argv: list[str], monkeypatch, after: int) -> int:
+    """Run the fit ``argv`` and interrupt it as it writes checkpoint number ``after + 1``."""
+    real = stores.write_checkpoint
+    written = []
+
+    def write_then_stop(*args, **kwargs):
+        if len(written) == after:
+            raise KeyboardInterrupt
+        written.append(real(*args, **kwargs))
+
+    monkeypatch.setattr(stores, "write_checkpoint", write_then_stop)
+    try:
+        return main(argv)
+    finally:
+        monkeypatch.setattr(stores, "write_checkpoint", real)
+
+
+def test_resume_takes_the_options_from_the_checkpoint(tmp_path, client, capsys, monkeypatch):
+    store = tmp_path / "s.zarr"
+    ingest(SAMPLE / "ratings.csv", store)
+    options = ["--factors", "5", "--workers", "7", "--stragglers", "1", "--seed", "4"]
+    options += ["--regularization", "0.5", "--iterations", "8", "--tol", "0"]
+    fit = ["fit", str(store), *scheduler_args(client)]
+    assert main([*fit, *options, "--json"]) == 0
+    U0, V0, _ = stores.read_factors(store)
+
+    assert _interrupted_fit(store, [*fit, *options, "--json"], monkeypatch, 3) == 130
+    assert stores.read_checkpoint(store)[1]["iteration"] == 3
+    capsys.readouterr()
+    # a flag given again must agree; a checkpoint is refused with the options that differ
+    for again, differ in (
+        (["--factors", "4"], "factors 5, not 4"),
+        (["--seed", "0", "--workers", "7"], "seed 4, not 0"),
+        (["--regularization", "0"], "regularization 0.5, not 0.0"),
+    ):
+        assert main([*fit, "--resume", *again]) == EXIT_CODES["input"]
+        err = capsys.readouterr().err
+        assert f"written with other options ({differ}); leave them out" in err, err
+        assert len(err.strip().splitlines()) == 1
+    # no flags: every option from the checkpoint, the iterations and tol included
+    assert main([*fit, "--resume", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "resuming from the checkpoint at iteration 3 of 8" in err
+    summary = json.loads(out)
+    assert summary["iterations"] == 8 and summary["n_factors"] == 5 and summary["n_workers"] == 7
+    U1, V1, attrs = stores.read_factors(store)
+    assert len(attrs["history"]) == 9 and attrs["parameters"]["regularization"] == 0.5
+    P, Q = U0 @ V0.T, U1 @ V1.T
+    assert np.linalg.norm(P - Q) / np.linalg.norm(P) < 1e-9
+
+
+def test_resume_without_factors_needs_a_checkpoint(sample_store, capsys):
+    stores.clear_checkpoint(sample_store)
+    assert run(["fit", str(sample_store), "--resume"]) == EXIT_CODES["input"]
+    err = capsys.readouterr().err
+    assert "no checkpoint to resume from; run without --resume to start the fit" in err
+    assert run(["fit", str(sample_store)]) == EXIT_CODES["input"]
+    err = capsys.readouterr().err
+    assert "required: --factors (or --resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dashboard_is_served_on_loopback_while_the_fit_runs(sample_store, monkeypatch, capsys):
+    import contextlib
+    import urllib.request
+
+    from dask_coded_als.cli import fit as fit_command
+
+    served = {}
+    real = fit_command.client_from_args
+
+    @contextlib.contextmanager
+    def watching(args, n_workers, dashboard=False):
+        with real(args, n_workers, dashboard=dashboard) as own:
+            with urllib.request.urlopen(own.dashboard_link, timeout=30) as page:
+                served[own.dashboard_link] = page.status
+            yield own
+
+    monkeypatch.setattr(fit_command, "client_from_args", watching)
+    argv = ["fit", str(sample_store), "--factors", "2", "--workers", "2", "--iterations", "1"]
+    assert main([*argv, "--dashboard", "--json"]) == 0
+    out, err = capsys.readouterr()
+    (link,) = served
+    assert served[link] == 200 and link.startswith("http://127.0.0.1:")
+    assert f"dashboard: {link}\n" in err
+    assert json.loads(out)["iterations"] == 1
+
+
+def test_dashboard_needs_bokeh_and_a_scheduler_may_have_none(
+    sample_store, client, monkeypatch, capsys
+):
+    argv = ["fit", str(sample_store), "--factors", "2", "--iterations", "0", "--dashboard"]
+    assert main([*argv, *scheduler_args(client), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"dashboard: none at http://127\.0\.0\.1:\d+/status \(the scheduler was started without "
+        r"one\)\n",
+        err,
+    ), err
+    monkeypatch.setitem(sys.modules, "bokeh", None)  # as if it were not installed
+    assert run(argv) == EXIT_CODES["input"]
+    err = capsys.readouterr().err
+    assert err == (
+        "dask-coded-als: error: --dashboard needs bokeh: pip install 'dask-coded-als[dashboard]'\n"
+    )
+
+
+def test_task_stream_names_say_what_the_tasks_are(sample_store, client):
+    from distributed import get_task_stream
+    from distributed.utils import key_split
+
+    argv = ["fit", str(sample_store), "--factors", "3", "--workers", "5", "--stragglers", "1"]
+    argv += ["--iterations", "2", "--protocol", "paper", "--json", *scheduler_args(client)]
+    with get_task_stream(client) as stream:
+        assert main(argv) == 0
+    # the dashboard groups and colours tasks by key_split: the checks that the workers open
+    # the store, the building of their shards, and one group per stage of the paper's protocol,
+    # each task named by its round and worker
+    keys = [record["key"] for record in stream.data]
+    assert {key_split(key) for key in keys} == {"probe", "shard", "E", "S", "B", "H"}
+    keys = [key for key in keys if key_split(key) not in ("probe", "shard")]
+    assert all(re.fullmatch(r"[ESBH]-iter[0-2]-w[0-4]-[0-9a-f]{8}-\d+", key) for key in keys)
+    assert {key for key in keys if key.startswith("H-")} <= {
+        key for key in keys if "-iter2-" in key
+    }

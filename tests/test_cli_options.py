@@ -7,17 +7,20 @@ a few cases also run as real processes.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zarr
 from support import SAMPLE
 
-from dask_coded_als.cli import EXIT_CODES, main
+from dask_coded_als.cli import EXIT_CODES, build_parser, main
 from dask_coded_als.data import store as stores
 from dask_coded_als.data.ingest import ingest
 
@@ -382,3 +385,76 @@ def test_real_processes(places, argv, code):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert tree_digest(places["full"]) == before
+
+
+# ---- help ------------------------------------------------------------------------------------
+
+#: Options whose absence needs no words: nothing is used (TLS files, a scheduler file) or the
+#: help says when they are needed.
+ABSENT_MEANS_UNUSED = {"--tls-ca-file", "--tls-cert", "--tls-key", "--scheduler-file", "--factors"}
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser, **sub.choices}
+
+
+@pytest.mark.parametrize("command", sorted(subcommand_parsers()))
+def test_every_option_has_help_and_shows_its_default(command, capsys):
+    parser = subcommand_parsers()[command]
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help, f"{command} {name} has no help"
+        if action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool):
+            if action.default is None and action.option_strings and not action.required:
+                assert name in ABSENT_MEANS_UNUSED or "default" in action.help, name
+            continue
+        shown = f"(default: {action.default})"
+        assert shown in text, f"{command} {name}: {shown} not in the help"
+    # -h exits 0 with the help on stdout, from every subcommand
+    argv = [command, "-h"] if command else ["-h"]
+    assert run(argv) == 0
+    assert capsys.readouterr().out.startswith("usage: dask-coded-als")
+
+
+# ---- the library's words in flags, and next steps ---------------------------------------------
+
+
+def test_library_parameters_become_flags(places, capsys):
+    tmp = places["tmp"]
+    (tmp / "one-field.txt").write_text("1 2 3\n")
+    (tmp / "dup.csv").write_text("user,item,rating\n1,2,3\n1,2,4\n")
+    (tmp / "names.csv").write_text("foo,bar,rating\n1,2,3\n")
+    pq.write_table(pa.table({"a": [1], "b": [2], "c": [3.0]}), tmp / "r.parquet")
+    new = "{tmp}/new.zarr"
+    cases = [
+        (["{tmp}/one-field.txt", new], "; pass --format or --sep"),
+        (["{tmp}/one-field.txt", new, "--format", "ml-1m"], "is --format or --sep wrong?"),
+        (["{tmp}/dup.csv", new, "--strict"], "(first at line 2); --strict forbids duplicates"),
+        (["{tmp}/names.csv", new], "among foo, bar, rating; name it with --columns ROLE=NAME"),
+        (
+            ["{tmp}/dup.csv", new, "--format", "ml-100k", "--columns", "user,item,rating"],
+            "--sep and --columns apply to --format csv or auto, not 'ml-100k'",
+        ),
+        (["{tmp}/r.parquet", new, "--sep", ","], "Parquet, not text: --format and --sep do not"),
+    ]
+    for argv, message in cases:
+        assert message in check(places, capsys, ["ingest", *argv], INPUT)
+        assert not (tmp / "new.zarr").exists()
+
+
+def test_messages_name_the_next_step(places, capsys):
+    line = check(places, capsys, ["recommend", "{fresh}", "--user", "1"], INPUT, watch="fresh")
+    assert line.endswith(
+        f"{places['fresh']}: no factors stored; run `dask-coded-als fit "
+        f"{places['fresh']} --factors D`"
+    )
+    line = check(places, capsys, ["similar", "{missing}", "--item", "1"], INPUT)
+    assert line.endswith(
+        f"{places['missing']}: no such store; `dask-coded-als ingest RATINGS "
+        f"{places['missing']}` creates one"
+    )
+    line = check(places, capsys, ["fit", "{fresh}", "--resume"], INPUT, watch="fresh")
+    assert line.endswith("no checkpoint to resume from; run without --resume to start the fit")

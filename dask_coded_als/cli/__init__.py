@@ -2,7 +2,7 @@
 
 Thin by design: a subcommand parses its options, calls the public API and prints. Failures map to
 exit codes (:data:`EXIT_CODES`) with a one-line message that speaks of flags, never a traceback
-(``-v`` adds it).
+(``-v`` adds it). Long work shows progress bars on a terminal (:mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,32 @@ import traceback
 from dask_coded_als import __version__
 from dask_coded_als._util import one_line
 from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend
-from dask_coded_als.cli.options import EXIT_CODES, Parser, as_flags
+from dask_coded_als.cli.options import EXIT_CODES, Parser, as_flags, next_step
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
 COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo)
+
+
+def _add_common_options(p: argparse.ArgumentParser, after: bool = False) -> None:
+    """-v and -q, before the subcommand and (``after``) after it. After it they default to
+    SUPPRESS, so that the subcommand's parser leaves a flag given before it alone."""
+    default = argparse.SUPPRESS if after else False
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log each phase, and print the traceback of an internal error",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress: neither the bars drawn on a terminal nor the fit's lines per round "
+        "written elsewhere",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Coded alternating least squares on Dask, tolerant of slow and dead workers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each phase")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_common_options(parser)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        parser_class=Parser,
+        help="`dask-coded-als COMMAND -h` lists its options",
+    )
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():
+        _add_common_options(command_parser, after=True)
     return parser
+
+
+def _drop_defaults(parser: argparse.ArgumentParser) -> None:
+    """Make every argument of ``parser`` and its subcommands default to absent."""
+    # argparse keeps its actions and set_defaults() values in private attributes; it has no
+    # public way to ask whether an option was given.
+    parser._defaults.clear()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        if isinstance(action, argparse._SubParsersAction):
+            for command_parser in action.choices.values():
+                _drop_defaults(command_parser)
+
+
+def given_options(argv: list[str] | None) -> frozenset[str]:
+    """The destinations of the options ``argv`` gives, as opposed to those left at their
+    defaults (``fit --resume`` takes the others from the checkpoint)."""
+    probe = build_parser()
+    _drop_defaults(probe)
+    return frozenset(vars(probe.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    args.given = given_options(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
@@ -53,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     prog = parser.prog
 
     def fail(kind: str, exc: BaseException, code: str) -> int:
-        print(f"{prog}: {kind}{as_flags(one_line(exc))}", file=sys.stderr)
+        message = next_step(as_flags(one_line(exc)))
+        if code == "internal" and not args.verbose:
+            message += " (-v shows the traceback)"
+        print(f"{prog}: {kind}{message}", file=sys.stderr)
         if args.verbose:
             traceback.print_exception(exc, file=sys.stderr)
         return EXIT_CODES[code]

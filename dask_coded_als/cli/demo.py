@@ -16,11 +16,24 @@ from dask_coded_als.cli.options import non_negative_float, positive_int, print_m
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole flow on the bundled sample, in under a minute")
-    p.add_argument("--data", help="a folder with ratings.csv (and movies.csv) instead")
+    p.add_argument(
+        "--data",
+        help="a folder with ratings.csv (and movies.csv) (default: the bundled sample)",
+    )
     p.add_argument("--out", help="where to write the store (default: a new temporary folder)")
-    p.add_argument("--factors", type=positive_int, default=10)
-    p.add_argument("--iterations", type=positive_int, default=15)
-    p.add_argument("--straggler-delay", type=non_negative_float, default=0.5)
+    p.add_argument(
+        "--factors", type=positive_int, default=10, metavar="D", help="d, the latent dimension"
+    )
+    p.add_argument(
+        "--iterations", type=positive_int, default=15, metavar="T", help="updates of the factor"
+    )
+    p.add_argument(
+        "--straggler-delay",
+        type=non_negative_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how late the 2 stragglers of 8 workers are in every task",
+    )
     p.set_defaults(func=run)
 
 

@@ -34,18 +34,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "apply only then); default: score the factors stored in STORE, which must have been "
         "fitted on the training part of a recorded split",
     )
-    add_model_options(p, factors_required=False)
+    add_model_options(
+        p,
+        factors="with --refit",
+        seed="seeds the split, the initial factor and the straggler model (default: 0 with "
+        "--refit, else the stored split's)",
+    )
     p.add_argument(
         "--split",
         choices=SPLITS,
         default=None,
-        help="hold out a random part (default) or the newest part of each user's ratings",
+        help="hold out a random part or the newest part of each user's ratings (default: "
+        "random with --refit, else the stored split's)",
     )
-    p.add_argument("--test-fraction", type=fraction, default=None, help="default 0.2")
-    p.add_argument("--relevant", type=non_negative_float, default=4.0)
-    p.add_argument("-k", type=positive_int, default=10)
-    # None: not given, so a stored split's own seed applies (with --refit: 0).
-    p.set_defaults(func=run, seed=None)
+    p.add_argument(
+        "--test-fraction",
+        type=fraction,
+        default=None,
+        help="the share of each user's ratings held out (default: 0.2 with --refit, else the "
+        "stored split's)",
+    )
+    p.add_argument(
+        "--relevant",
+        type=non_negative_float,
+        default=4.0,
+        help="test ratings at least this high are the hits to find",
+    )
+    p.add_argument("-k", type=positive_int, default=10, help="the length of each ranked list")
+    p.set_defaults(func=run)
 
 
 def split(store: Any, R: Any, spec: dict[str, Any]) -> tuple[Any, Any]:
@@ -87,7 +103,9 @@ def _stored_factors(store: Any, args: argparse.Namespace) -> tuple[Any, Any, dic
             f"{store.path}: the stored factors were fitted on all ratings, test ratings included; "
             f"pass --refit --factors D to fit on the training part of a split"
         )
-    given = {"method": args.split, "test_fraction": args.test_fraction, "seed": args.seed}
+    # the seed's default, 0, is no choice: only a seed given counts
+    seed = args.seed if "seed" in getattr(args, "given", ()) else None
+    given = {"method": args.split, "test_fraction": args.test_fraction, "seed": seed}
     for key, value in given.items():
         if key in spec and value is not None and value != spec[key]:
             raise InputError(
@@ -109,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
     if args.refit:
         if args.factors is None:
             raise InputError("--refit needs --factors D")
-        if args.seed is None:
-            args.seed = 0  # the default of the model and of a random split
         model = model_from_args(args)
         model._settings(R.shape)  # bad options fail before any cluster starts
         spec = split_spec(args.split or "random", args.test_fraction or 0.2, args.seed)

@@ -23,12 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=what)
         p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
         p.add_argument(
             "--out",
             help=f"where tables and plots go (default: a new folder {name}-DATE-TIME)",
         )
-        p.add_argument("--seed", type=non_negative_int, default=0)
+        p.add_argument(
+            "--seed",
+            type=non_negative_int,
+            default=0,
+            help="seeds the data, the factors and the stragglers",
+        )
         p.set_defaults(func=run, experiment=name)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import urllib.request
 from typing import Any
 
 from dask_coded_als._util import jsonable
@@ -14,10 +16,11 @@ from dask_coded_als.cli.options import (
     client_from_args,
     fit_summary,
     model_from_args,
-    progress,
 )
+from dask_coded_als.cli.progress import bar, rounds
 
-#: The options a checkpoint must agree with to be resumed (iterations and tol may change).
+#: The options a checkpoint must agree with to be resumed: a resumed fit takes them from the
+#: checkpoint, and those given again must be the same.
 FINGERPRINT = (
     "factors",
     "workers",
@@ -32,66 +35,130 @@ FINGERPRINT = (
     "regularization",
     "seed",
 )
+#: The options a resumed fit takes from the checkpoint unless given again: they may change
+#: without changing the iterates.
+RESUMED = ("iterations", "tol", "protocol", "stage_timeout", "recovery_timeout")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="factorize a store's ratings on a Dask cluster")
+    p = sub.add_parser(
+        "fit",
+        help="factorize a store's ratings on a Dask cluster",
+        description="Factorize a store's ratings R into user and item factors on a Dask "
+        "cluster, checkpointing after every iteration; the factors are written to the store.",
+    )
     p.add_argument("store")
-    add_model_options(p)
+    add_model_options(p, factors="required, except with --resume")
     p.add_argument(
-        "--resume", action="store_true", help="continue from the checkpoint of an interrupted fit"
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint of an interrupted fit, with its options",
+    )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the LocalCluster's dashboard on 127.0.0.1 and print its address (needs bokeh)",
     )
     p.set_defaults(func=run)
 
 
-def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def _value(key: str, saved: Any) -> Any:
+    """An option as argparse gives it, from its JSON form in a checkpoint."""
+    return tuple(saved) if key == "partition" and isinstance(saved, list) else saved
+
+
+def _resume_state(store: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint's state; sets the options of ``args`` that were not given from it."""
     from dask_coded_als.data import store as stores
     from dask_coded_als.errors import InputError
 
     found = stores.read_checkpoint(store)
     if found is None:
-        raise InputError(f"{store.path}: no checkpoint to resume from")
+        raise InputError(
+            f"{store.path}: no checkpoint to resume from; run without --resume to start the fit"
+        )
     B, attrs = found
     saved = attrs.get("fingerprint")
-    if isinstance(saved, dict):  # checkpoints from before --dtype were float64
-        saved = {"dtype": "float64", **saved}
-    if saved != fingerprint:
-        differ = sorted(k for k in fingerprint if not saved or saved.get(k) != fingerprint[k])
+    if not isinstance(saved, dict):
+        raise InputError(f"{store.path}: the checkpoint is corrupt (no options)")
+    given = getattr(args, "given", frozenset())
+    differ = [
+        f"{key} {saved.get(key, 'unrecorded')}, not {jsonable(getattr(args, key))}"
+        for key in FINGERPRINT
+        if key in given and jsonable(getattr(args, key)) != saved.get(key, ...)  # ...: unrecorded
+    ]
+    if differ:
         raise InputError(
-            f"{store.path}: the checkpoint was written with other options ({', '.join(differ)})"
+            f"{store.path}: the checkpoint was written with other options ({'; '.join(differ)}); "
+            f"leave them out to take the checkpoint's, or fit anew without --resume"
         )
+    # An option a checkpoint does not record (one written before the option existed) keeps
+    # its flag's value, as do the RESUMED options of checkpoints written before they were kept.
+    options = attrs.get("options") if isinstance(attrs.get("options"), dict) else {}
+    stored = {**options, **saved}
+    for key in FINGERPRINT + RESUMED:
+        if key not in given and key in stored:
+            setattr(args, key, _value(key, stored[key]))
     try:
         return {"B": B, "iteration": int(attrs["iteration"]), "history": list(attrs["history"])}
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{store.path}: the checkpoint is corrupt (incomplete state)") from None
 
 
+def _dashboard(client: Any, args: argparse.Namespace) -> str:
+    """The address of the cluster's dashboard, in words."""
+    link = client.dashboard_link
+    if not (args.scheduler or args.scheduler_file):
+        return link  # the LocalCluster's, started with it
+    # A scheduler always has an HTTP server; it serves the dashboard only if started with one.
+    try:
+        with urllib.request.urlopen(link, timeout=5):
+            return link
+    except (OSError, ValueError):
+        return f"none at {link} (the scheduler was started without one)"
+
+
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
-    from dask_coded_als.errors import UnreachableStoreError
+    from dask_coded_als.errors import InputError, UnreachableStoreError
 
+    if args.factors is None and not args.resume:
+        raise InputError(
+            "the following arguments are required: --factors (or --resume, to continue the fit "
+            "of a checkpoint)"
+        )
+    if args.dashboard and importlib.util.find_spec("bokeh") is None:
+        raise InputError("--dashboard needs bokeh: pip install 'dask-coded-als[dashboard]'")
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
+    resume = _resume_state(store, args) if args.resume else None
     model = model_from_args(args)
     model._settings(R.shape)  # bad options fail before any cluster starts
+    if resume is not None:
+        resume = model._check_resume(resume, min(R.shape))  # e.g. --iterations below it
+        print(
+            f"resuming from the checkpoint at iteration {resume['iteration']} of {args.iterations}",
+            file=sys.stderr,
+        )
     # as stored (JSON): a partition (p, r) reads back as a list
     fingerprint = jsonable({key: getattr(args, key) for key in FINGERPRINT})
-    resume = _resume_state(store, fingerprint) if args.resume else None
-    if resume is not None:
-        print(f"resuming from the checkpoint at iteration {resume['iteration']}", file=sys.stderr)
+    options = jsonable({key: getattr(args, key) for key in RESUMED})
 
     def checkpoint(state: dict) -> None:
         attrs = {
             "fingerprint": fingerprint,
+            "options": options,
             "iteration": state["iteration"],
             "history": jsonable(state["history"]),
         }
         stores.write_checkpoint(store, state["B"], attrs)
 
-    with client_from_args(args, args.workers) as client:
+    with client_from_args(args, args.workers, dashboard=args.dashboard) as client:
+        if args.dashboard:
+            print(f"dashboard: {_dashboard(client, args)}", file=sys.stderr, flush=True)
         # D is computed only once a cluster is there, so a failed connection leaves the store
         # as it was. The workers compute it and build their shards from the store when they
-        # can open it; otherwise this process does both.
+        # can open it; otherwise this process does both (reading D block by block).
         try:
             stores.check_workers_read(store, client)
             shared = True
@@ -99,16 +166,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"{as_flags(str(exc))}; D and the shards are made here", file=sys.stderr)
             shared = False
         if not store.has_gram:
-            stores.compute_gram(store, client=client if shared else None, dtype=args.dtype)
-        model.fit(
-            R,
-            client=client,
-            gram=stores.gram_source(store) if shared else stores.gram_array(store)[0],
-            callback=None if args.json else progress(),
-            checkpoint=checkpoint,
-            resume=resume,
-        )
-    params = {k: v for k, v in vars(args).items() if k not in ("func", "json")}
+            with bar(args, "D", "block") as progress:
+                stores.compute_gram(
+                    store, client=client if shared else None, dtype=args.dtype, progress=progress
+                )
+        D = stores.gram_source(store) if shared else stores.gram_array(store)[0]
+        start = 0 if resume is None else resume["iteration"]
+        with (
+            bar(args, "shards", "worker") as placed,
+            rounds(args, args.iterations, start) as callback,
+        ):
+            model.fit(
+                R,
+                client=client,
+                gram=D,
+                callback=callback,
+                checkpoint=checkpoint,
+                resume=resume,
+                progress=placed,
+            )
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "json", "given")}
     stores.write_factors(
         store,
         model.user_factors_,

@@ -450,6 +450,22 @@ def _looks_binary(sample: bytes) -> bool:
     return controls > 0.05 * max(1, len(sample))
 
 
+class _Tally:
+    """A hash that also reports the bytes it has been fed: ``progress(done, total)``."""
+
+    def __init__(self, sha, progress: Callable[[int, int], None], total: int) -> None:
+        self.sha, self.progress, self.total, self.done = sha, progress, total, 0
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        if data:
+            self.done += len(data)
+            self.progress(self.done, self.total)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
 def _sha256_of(paths: list[Path]) -> str:
     sha = hashlib.sha256()
     for path in paths:
@@ -747,16 +763,25 @@ def _typed_batch(columns: Mapping[str, pa.Array], where: str) -> tuple[pa.Array 
 
 
 def _parquet_batches(
-    part: _Part, columns: list | dict | None, chunk_rows: int
+    part: _Part,
+    columns: list | dict | None,
+    chunk_rows: int,
+    advance: Callable[[float], None] | None = None,
 ) -> Iterator[tuple[pa.Array | None, ...]]:
+    """Batches of a Parquet part; ``advance(fraction)`` after each with the share of its rows
+    read (the reader reads column chunks, not the file front to back)."""
     try:
         pfile = pq.ParquetFile(part.path)
         names = pfile.schema_arrow.names
         roles = _resolve_roles(columns, names, len(names), part.label)
+        n_rows, done = max(1, pfile.metadata.num_rows), 0
         for batch in pfile.iter_batches(
             batch_size=chunk_rows, columns=[names[k] for k in roles.values()]
         ):
             yield _typed_batch({r: batch.column(names[k]) for r, k in roles.items()}, part.label)
+            done += batch.num_rows
+            if advance is not None:
+                advance(done / n_rows)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{part.label}: cannot read Parquet ({one_line(exc)})") from None
 
@@ -895,10 +920,12 @@ def _part_of(starts: list[int], record: int) -> int:
     return int(np.searchsorted(starts, record, side="right")) - 1
 
 
-def _read_text(parts, fmt, sep, columns, chunk_rows) -> tuple[_Collected, str, str]:
+def _read_text(parts, fmt, sep, columns, chunk_rows, progress) -> tuple[_Collected, str, str]:
     """Columns, the format to report, and the SHA-256 of the files."""
     layout = _text_layout(parts, fmt, sep, columns)
     sha = hashlib.sha256()
+    if progress is not None:  # every byte on disk goes through the hash exactly once
+        sha = _Tally(sha, progress, sum(part.path.stat().st_size for part in parts))
     starts: list[int] = []
 
     def describe(record: int, first: int) -> tuple[str, str]:
@@ -921,8 +948,9 @@ def _read_text(parts, fmt, sep, columns, chunk_rows) -> tuple[_Collected, str, s
     return data, layout.format, sha.hexdigest()
 
 
-def _read_parquet(parts, columns, chunk_rows) -> tuple[_Collected, str, str]:
+def _read_parquet(parts, columns, chunk_rows, progress) -> tuple[_Collected, str, str]:
     starts: list[int] = []
+    sizes = [part.path.stat().st_size for part in parts]
 
     def where(record: int) -> tuple[str, str]:
         k = _part_of(starts, record)
@@ -934,9 +962,15 @@ def _read_parquet(parts, columns, chunk_rows) -> tuple[_Collected, str, str]:
         return f"{label}: {row}", there
 
     data = _Collected(False, describe)
-    for part in parts:
+    for k, part in enumerate(parts):
         starts.append(data.n)
-        for batch in _parquet_batches(part, columns, chunk_rows):
+        advance = None
+        if progress is not None:  # bytes, estimated from the share of the part's rows read
+
+            def advance(fraction: float, before: int = sum(sizes[:k]), size: int = sizes[k]):
+                progress(before + round(fraction * size), sum(sizes))
+
+        for batch in _parquet_batches(part, columns, chunk_rows, advance):
             bad = data.add(*batch)
             if bad is not None:
                 raise InputError(f"{part.label}: row {data.n - starts[-1] + bad[0] + 1}: {bad[1]}")
@@ -1099,6 +1133,7 @@ def ingest(
     overwrite: bool = False,
     strict: bool = False,
     chunk_rows: int = 1_000_000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     """Read ratings from files and write a ratings store (layout: :mod:`dask_coded_als.data.store`).
 
@@ -1128,6 +1163,10 @@ def ingest(
         Make a duplicate (user, item) pair an error instead of keeping the last one.
     chunk_rows : int, default 1_000_000
         About this many rows are parsed at a time (a memory/speed trade-off).
+    progress : callable, optional
+        Called as ``progress(done, total)`` while the input is read: bytes read of the files'
+        total size (for Parquet, estimated from the rows read). It may be called from a reader
+        thread. Sorting and writing the store follow the last call.
 
     Returns
     -------
@@ -1163,9 +1202,9 @@ def ingest(
     if parts[0].parquet:
         if fmt != "auto" or sep is not None:
             raise InputError(f"{label}: Parquet, not text: format and sep do not apply")
-        data, fmt, sha = _read_parquet(parts, cols, chunk_rows)
+        data, fmt, sha = _read_parquet(parts, cols, chunk_rows, progress)
     else:
-        data, fmt, sha = _read_text(parts, fmt, sep, cols, chunk_rows)
+        data, fmt, sha = _read_text(parts, fmt, sep, cols, chunk_rows, progress)
     if data.n == 0:
         header = any(p.skip for p in parts)
         raise InputError(f"{label}: no ratings{' after the header line' if header else ''}")

@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -441,6 +441,26 @@ def _write_group(
         raise
 
 
+class _BlocksDone(dask.callbacks.Callback):
+    """Calls ``progress(done, total)`` as dask's local schedulers finish the tasks named
+    ``name``, and once more with ``total`` at the end (a distributed scheduler calls no local
+    callbacks)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, name: str, total: int):
+        super().__init__()
+        self.progress, self.name, self.total, self.done = progress, name, total, 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if self.progress is not None and dask.utils.key_split(key) == self.name:
+            self.done += 1
+            self.progress(self.done, self.total)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        if self.progress is not None and exc[0] is None and self.done < self.total:
+            self.progress(self.total, self.total)
+
+
 def compute_gram(
     store: StoreLike,
     *,
@@ -451,6 +471,7 @@ def compute_gram(
     column_block: int | None = None,
     client: Any = None,
     dtype: str = "float64",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray | None, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
 
@@ -485,6 +506,10 @@ def compute_gram(
         none of it. Its workers must see the store's file system.
     dtype : {"float64", "float32"}
         How D is stored (it is computed in float64 either way).
+    progress : callable, optional
+        Called as ``progress(done, total)`` as the blocks' products finish (row blocks, column
+        blocks with ``column_block``, pairs of blocks with ``client``); with a distributed
+        scheduler and no ``client`` only at the end.
 
     Returns
     -------
@@ -495,7 +520,10 @@ def compute_gram(
         True when D = R R^T.
     """
     if client is not None:
-        return None, compute_gram_on_cluster(store, client, overwrite=overwrite, dtype=dtype)
+        transposed = compute_gram_on_cluster(
+            store, client, overwrite=overwrite, dtype=dtype, progress=progress
+        )
+        return None, transposed
     st = _as_store(store)
     if split_every < 2:
         raise InputError(f"split_every must be >= 2, not {split_every!r}")
@@ -507,12 +535,16 @@ def compute_gram(
         column_block = 2048
     if column_block is not None:
         R = ratings_matrix(st)
-        gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
+        n_blocks = math.ceil(side_l / int(column_block))
+        # the name dask gives gram_by_columns' tasks of _column_block_gram
+        with _BlocksDone(progress, "column_block_gram", n_blocks):
+            gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
     else:
         blocks = ratings_dask(st, rows_per_chunk, transpose=transposed)
         parts = [dask.delayed(block_gram, pure=True)(b) for b in blocks.to_delayed().ravel()]
         node = dask.delayed(sum_parts, pure=True)
-        (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
+        with _BlocksDone(progress, "block_gram", len(parts)):
+            (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
         gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
     side = min(gram.shape[0], 2048) or 1
     attrs = {
@@ -568,6 +600,7 @@ def compute_gram_on_cluster(
     block: int = GRAM_BLOCK,
     dtype: str = "float64",
     timeout: float = 3600.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> bool:
     """Compute D = X^T X on ``client``'s cluster, straight into the store's ``gram/D``.
 
@@ -630,9 +663,11 @@ def compute_gram_on_cluster(
             for i in range(len(rows))
             for j in range(i, len(rows))
         ]
-        for future in as_completed(futures, timeout=timeout, loop=client.loop):
+        for done, future in enumerate(as_completed(futures, timeout=timeout, loop=client.loop), 1):
             if future.status != "finished":
                 future.result()  # raises the task's error (or that it was lost)
+            if progress is not None:
+                progress(done, len(futures))
         _swap_in(st.path, tmp, "gram")
     except BaseException:
         shutil.rmtree(st.path / tmp, ignore_errors=True)

@@ -28,6 +28,7 @@ from dask_coded_als._util import one_line
 from dask_coded_als.errors import ClusterError, InputError
 
 __all__ = [
+    "DASHBOARD_ADDRESS",
     "cluster_for",
     "connect",
     "local_cluster",
@@ -35,6 +36,10 @@ __all__ = [
     "tls_security",
     "worker_addresses",
 ]
+
+#: Where a LocalCluster started with ``dashboard=True`` serves its dashboard (Dask's usual port;
+#: a free loopback port when it is taken).
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
 
 
 @contextlib.contextmanager
@@ -234,6 +239,7 @@ def connect(
     tls_ca_file: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    dashboard: bool = False,
 ) -> Iterator[Client]:
     """A Client on the named scheduler, or on a new LocalCluster of ``n_workers`` processes.
 
@@ -252,6 +258,9 @@ def connect(
     tls_ca_file, tls_cert, tls_key : str or None
         Certificates for a TLS-secured scheduler: the CA that signed the cluster's certificates,
         the client certificate and its private key (see :func:`tls_security`).
+    dashboard : bool
+        Serve the new LocalCluster's dashboard on :data:`DASHBOARD_ADDRESS` (it needs bokeh;
+        ``Client.dashboard_link`` is its address). A named scheduler serves its own, or none.
 
     Yields
     ------
@@ -272,7 +281,8 @@ def connect(
     if not (scheduler or scheduler_file):
         if use_tls:
             raise InputError("the TLS options need scheduler= or scheduler_file=")
-        with cluster_for(None, n_workers, timeout) as (client, _):
+        options = {"dashboard_address": DASHBOARD_ADDRESS} if dashboard else {}
+        with cluster_for(None, n_workers, timeout, **options) as (client, _):
             yield client
         return
 

@@ -312,6 +312,7 @@ class CodedALS:
         callback: Callable[[dict], None] | None = None,
         checkpoint: Callable[[dict], None] | None = None,
         resume: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> CodedALS:
         """Factorize R.
 
@@ -340,6 +341,10 @@ class CodedALS:
             A state given to ``checkpoint`` by an earlier fit with the same parameters and
             data: the fit continues from it and ends with the same factors as one run without
             interruption.
+        progress : callable or None
+            Called as ``progress(done, total)`` as the coded shards are placed on the workers
+            (workers done of ``n_workers``), before the first round; the rounds are followed by
+            ``callback``.
 
         Returns
         -------
@@ -360,7 +365,7 @@ class CodedALS:
         self.workers_: dict[int, str] = {}
         with cluster_for(client, self.n_workers) as (active, _):
             master = Master(active, settings, callback, checkpoint, self.workers_)
-            result = master.run(R, gram, resume)
+            result = master.run(R, gram, resume, progress)
         self.user_factors_ = result.user_factors
         self.item_factors_ = result.item_factors
         self.history_ = result.history

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 import uuid
@@ -168,8 +169,15 @@ class Master:
         self._opens: dict[str, bool] = {}
 
     # -- the fit ------------------------------------------------------------------------------
-    def run(self, R: Any, gram: Any, resume: dict | None) -> FitResult:
-        """Fit R (validated by the estimator); ``gram`` is D or None."""
+    def run(
+        self,
+        R: Any,
+        gram: Any,
+        resume: dict | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FitResult:
+        """Fit R (validated by the estimator); ``gram`` is D or None; ``progress(done, total)``
+        follows the placement of the shards (workers)."""
         from dask_coded_als.engine.schemes import make_scheme
 
         s = self.settings
@@ -205,7 +213,7 @@ class Master:
                 self.history = [] if resume is None else list(resume["history"])
                 start = 0 if resume is None else resume["iteration"]
                 with self.timings.phase("scatter_data"):
-                    self._place(list(range(s.n_workers)), scheme)
+                    self._place(list(range(s.n_workers)), scheme, progress)
                 # The master's algebra is small (l x d and d x d); on a machine it shares with
                 # workers, more BLAS threads only contend with them (measured: 3x slower rounds
                 # with 2 threads on 2 cores under 13 workers).
@@ -354,9 +362,22 @@ class Master:
             time.sleep(0.1)
         self.address.update(enumerate(sorted(alive)[:n]))
 
-    def _place(self, workers: list[int], scheme: Any) -> None:
+    def _place(
+        self,
+        workers: list[int],
+        scheme: Any,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Put the shards of ``workers`` in place: each built by its worker from the scheme's
-        source when that worker can open it, else built here and sent."""
+        source when that worker can open it, else built here and sent. ``progress(done,
+        total)`` is called as each is in place."""
+        count = itertools.count(1)
+
+        def placed() -> None:
+            done = next(count)
+            if progress is not None:
+                progress(done, len(workers))
+
         remote = [w for w in workers if self._opens_source(w, scheme.source)]
         for w in remote:
             self.shards[w] = self.client.submit(
@@ -387,7 +408,8 @@ class Master:
                 self.shards[w] = None
                 continue
             self.bytes_sent += shard.nbytes
-        self._await_shards(remote)
+            placed()
+        self._await_shards(remote, placed)
 
     def _opens_source(self, w: int, source: Any) -> bool:
         """Whether worker w can open ``source`` (asked once per address, all at once at the
@@ -415,20 +437,21 @@ class Master:
             self._opens.update({a: why is None for a, why in found.items()})
         return self._opens.get(address, False)
 
-    def _await_shards(self, workers: list[int]) -> None:
+    def _await_shards(self, workers: list[int], placed: Callable[[], None]) -> None:
         """Wait until the shards the workers build are in place. A worker that dies meanwhile
         gets no shard (the rounds' recovery places it again); an error in a build is raised;
         no progress within ``stage_timeout`` is a :class:`ClusterError`."""
         pending = {w: self.shards[w] for w in workers}
         timeout = self.settings.stage_timeout
-        progress = time.monotonic()
+        last = time.monotonic()
         while pending:
             with contextlib.suppress(Exception):  # errors are looked at below
                 next(iter(pending.values())).exception(timeout=1.0)
             for w, future in list(pending.items()):
                 if future.status == "finished":
                     del pending[w]
-                    progress = time.monotonic()
+                    last = time.monotonic()
+                    placed()
                 elif future.status == "error":
                     error = future.exception()
                     if not isinstance(error, WORKER_LOST):
@@ -441,7 +464,7 @@ class Master:
                     logger.warning("worker %d died while it built its shard", w)
                     self.client.cancel(pending.pop(w))
                     self.shards[w] = None
-            if pending and time.monotonic() - progress > timeout:
+            if pending and time.monotonic() - last > timeout:
                 raise ClusterError(
                     f"{len(pending)} workers did not build their shards within "
                     f"stage_timeout={timeout:g} s"

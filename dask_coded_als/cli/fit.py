@@ -29,6 +29,7 @@ FINGERPRINT = (
     "points",
     "regularization",
     "seed",
+    "weighting",
 )
 
 
@@ -64,11 +65,13 @@ def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
+    from dask_coded_als.recsys.weighting import fit_weighting
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
     model = model_from_args(args)
     model._settings(R.shape)  # bad options fail before any cluster starts
+    weighting = fit_weighting(args.weighting, R)
     # as stored (JSON): a partition (p, r) reads back as a list
     fingerprint = jsonable({key: getattr(args, key) for key in FINGERPRINT})
     resume = _resume_state(store, fingerprint) if args.resume else None
@@ -85,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     with client_from_args(args, args.workers) as client:
         # D is computed only once a cluster is there, so a failed connection leaves the store
-        # as it was; the fit reads D from disk block by block.
-        if not store.has_gram:
-            stores.compute_gram(store)
-        D = stores.gram_array(store)[0]
+        # as it was; the fit reads D from disk block by block. D is of the weighted R: one of
+        # another weighting is replaced.
+        if stores.gram_weighting(store) != args.weighting:
+            stores.compute_gram(store, overwrite=True, weighting=weighting)
+        D = stores.gram_array(store, args.weighting)[0]
         model.fit(
             R,
             client=client,
@@ -96,14 +100,12 @@ def run(args: argparse.Namespace) -> int:
             callback=None if args.json else progress(),
             checkpoint=checkpoint,
             resume=resume,
+            user_ids=store.user_ids,
+            item_ids=store.item_ids,
+            titles=store.titles,
         )
     params = {k: v for k, v in vars(args).items() if k not in ("func", "json")}
-    stores.write_factors(
-        store,
-        model.user_factors_,
-        model.item_factors_,
-        {"parameters": jsonable(params), "history": jsonable(model.history_)},
-    )
+    model.save(store, {"parameters": jsonable(params)})
     stores.clear_checkpoint(store)
     summary = fit_summary(model, str(args.store))
     if args.json:

@@ -97,6 +97,7 @@ FLAGS = {
     "tls_ca_file": "--tls-ca-file",
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
+    "weighting": "--weighting",
 }
 
 
@@ -134,11 +135,25 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="client private key")
 
 
-def add_model_options(p: argparse.ArgumentParser, factors_required: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, factors_required: bool = False) -> None:
     from dask_coded_als.engine import MODES, PROTOCOLS
     from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
+    from dask_coded_als.recsys.weighting import WEIGHTINGS
 
-    p.add_argument("--factors", type=positive_int, required=factors_required, metavar="D")
+    p.add_argument(
+        "--factors",
+        type=positive_int,
+        required=factors_required,
+        metavar="D",
+        help="latent dimension (default: about the square root of the smaller side, at most 150)",
+    )
+    p.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="none",
+        help="weigh R before the fit: none (ratings as given), binary (implicit feedback: every "
+        "rating is 1), bm25 (implicit counts: popular items and heavy users weigh less)",
+    )
     p.add_argument("--workers", type=positive_int, default=8, metavar="W")
     p.add_argument("--stragglers", type=non_negative_int, default=0, metavar="S")
     p.add_argument("--h", type=positive_int, default=None, metavar="H")
@@ -193,6 +208,7 @@ def model_from_args(args: argparse.Namespace) -> Any:
         regularization=args.regularization,
         seed=args.seed,
         stage_timeout=args.stage_timeout,
+        weighting=args.weighting,
     )
 
 
@@ -222,7 +238,8 @@ def fit_summary(model: Any, store_path: str | None = None) -> dict[str, Any]:
         "h": getattr(model, "h_", None),
         "partition": getattr(model, "partition_", None),
         "n_workers": model.n_workers,
-        "n_factors": model.n_factors,
+        "n_factors": model.n_factors_,
+        "weighting": model.weighting,
         "iterations": model.n_iter_,
         "converged": bool(model.converged_),
         "objective": model.history_[-1]["objective"],
@@ -257,7 +274,8 @@ def print_rows(rows: list[dict], as_json: bool) -> None:
         return
     for rank, row in enumerate(rows, 1):
         title = f"  {row['title']}" if row.get("title") else ""
-        print(f"{rank:3d}. item {row['item_id']}  score {row['score']:.4f}{title}")
+        kind = "item" if "item_id" in row else "user"
+        print(f"{rank:3d}. {kind} {row[f'{kind}_id']}  score {row['score']:.4f}{title}")
 
 
 def print_metrics(result: dict[str, Any], k: int) -> None:

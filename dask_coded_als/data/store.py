@@ -14,8 +14,14 @@ Layout (version 1), all paths relative to the store directory::
     ids/users                int64 or string (n_users,)  original id of every user index
     ids/items                int64 or string (n_items,)  original id of every item index
     ids/titles               string (n_items,)     only when a movies file was ingested
-    gram/D                   float64 (l, l)        written by :func:`compute_gram`
+    gram/D                   float64 (l, l)        written by :func:`compute_gram`; the group's
+                                                   attribute ``weighting`` names the weighting of
+                                                   R it was formed from (absent: ``"none"``)
     factors/U, factors/V     float64 (n_users, d), (n_items, d), written by :func:`write_factors`
+    factors/<name>           float64 (n_items,)    optional per-item arrays of the fitted model
+                                                   (the ``bm25`` weighting's item weights)
+    recommendations/items    int64 (n_users, n)    top-n item indices per user (-1: none left),
+    recommendations/scores   float64 (n_users, n)  written by :func:`write_recommendations`
 
 Index arrays are int64 instead of int32 when a dimension reaches 2**31. Users and items are
 numbered in the sorted order of their original ids (numeric order for integer ids, code-point
@@ -76,8 +82,12 @@ __all__ = [
     "compute_gram",
     "load_gram",
     "gram_array",
+    "gram_weighting",
     "write_factors",
     "read_factors",
+    "read_factor_array",
+    "write_recommendations",
+    "read_recommendations",
     "write_checkpoint",
     "read_checkpoint",
     "clear_checkpoint",
@@ -448,6 +458,7 @@ def compute_gram(
     split_every: int = 8,
     scheduler: str | None = "threads",
     column_block: int | None = None,
+    weighting: Any = None,
 ) -> tuple[np.ndarray, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
 
@@ -476,6 +487,10 @@ def compute_gram(
         threaded scheduler even when a ``distributed.Client`` is active; ``None`` uses dask's
         current default (an active Client then runs the tasks, whose workers must see the store's
         file system).
+    weighting : Weighting, optional
+        A fitted :class:`dask_coded_als.recsys.weighting.Weighting` (anything with a ``name`` and
+        an ``apply(R)``): D is then formed from the weighted R, read whole into memory, by
+        column blocks, and the group records the weighting's name.
 
     Returns
     -------
@@ -491,10 +506,14 @@ def compute_gram(
         raise InputError(f"{st.path}: gram exists; pass overwrite=True to replace it")
     transposed = st.n_users < st.n_items
     side_l = min(st.n_users, st.n_items)
-    if column_block is None and side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES:
+    weighted = weighting is not None and weighting.name != "none"
+    if column_block is None and (weighted or side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES):
+        # A weighting may need statistics of all of R (bm25's idf), so R is weighed whole.
         column_block = 2048
     if column_block is not None:
         R = ratings_matrix(st)
+        if weighted:
+            R = weighting.apply(R)
         gram = gram_by_columns(R.T.tocsr() if transposed else R, int(column_block), scheduler)
     else:
         blocks = ratings_dask(st, rows_per_chunk, transpose=transposed)
@@ -508,6 +527,7 @@ def compute_gram(
         "n_users": st.n_users,
         "n_items": st.n_items,
         "ingest_id": st.attrs.get("ingest_id"),
+        "weighting": weighting.name if weighted else "none",
     }
     # Uncompressed: the fit reads D once per worker's shard, and a dense Gram matrix hardly
     # compresses, so decompression would only cost time.
@@ -523,8 +543,14 @@ def compute_gram(
     return gram, transposed
 
 
-def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
+def gram_array(store: StoreLike, weighting: str = "none") -> tuple[zarr.Array, bool]:
     """The stored Gram matrix as a read-only Zarr array (read from disk on slicing).
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    weighting : str, default "none"
+        The weighting of R the caller needs D of; a D of another weighting is refused.
 
     Returns
     -------
@@ -534,7 +560,8 @@ def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
     Raises
     ------
     InputError
-        No ``gram`` group, one left from another ingest, or one of the wrong shape.
+        No ``gram`` group, one left from another ingest or of another weighting, or one of the
+        wrong shape.
     """
     st = _as_store(store)
     if not st.has_gram:
@@ -543,11 +570,26 @@ def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
     attrs = dict(group.attrs)
     if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the gram matrix belongs to another ingest; recompute it")
+    stored = attrs.get("weighting", "none")
+    if stored != weighting:
+        raise InputError(
+            f"{st.path}: the gram matrix is of the ratings with weighting={stored!r}, not "
+            f"{weighting!r}; recompute it"
+        )
     gram = group["D"]
     expected = min(st.n_users, st.n_items)
     if gram.shape != (expected, expected):
         raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
     return gram, bool(attrs["transposed"])
+
+
+def gram_weighting(store: StoreLike) -> str | None:
+    """The weighting of R the stored Gram matrix was formed from, or None without one."""
+    st = _as_store(store)
+    if not st.has_gram:
+        return None
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="gram", mode="r")
+    return str(group.attrs.get("weighting", "none"))
 
 
 def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
@@ -568,7 +610,11 @@ def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
 
 
 def write_factors(
-    store: StoreLike, U: np.ndarray, V: np.ndarray, attrs: Mapping[str, Any] | None = None
+    store: StoreLike,
+    U: np.ndarray,
+    V: np.ndarray,
+    attrs: Mapping[str, Any] | None = None,
+    item_arrays: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Store the factors ``U`` (``n_users x d``) and ``V`` (``n_items x d``) as ``factors/``.
 
@@ -582,6 +628,9 @@ def write_factors(
         Real factors with the same number of columns d >= 1; stored as float64.
     attrs : mapping, optional
         JSON-serializable metadata (parameters, history), stored as the group's attributes.
+    item_arrays : mapping of str to array_like, optional
+        More arrays of one value per item (a fitted weighting's item weights), stored beside
+        ``V`` as float64 and read back with :func:`read_factor_array`.
 
     Raises
     ------
@@ -610,9 +659,16 @@ def write_factors(
     except (TypeError, ValueError) as exc:
         raise InputError(f"factor attrs are not JSON-serializable ({one_line(exc)})") from None
     d = u.shape[1]
+    arrays = {"U": u, "V": v}
     chunks = {"U": (max(1, min(u.shape[0], 65536)), d), "V": (max(1, min(v.shape[0], 65536)), d)}
+    for name, values in (item_arrays or {}).items():
+        extra = np.asarray(values, dtype=np.float64)
+        if name in arrays or extra.shape != (st.n_items,) or not np.isfinite(extra).all():
+            raise InputError(f"item array {name!r} must be {st.n_items} finite values")
+        arrays[name] = extra
+        chunks[name] = (max(1, min(st.n_items, 65536)),)
     group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
-    _write_group(st, "factors", {"U": u, "V": v}, group_attrs, chunks)
+    _write_group(st, "factors", arrays, group_attrs, chunks)
 
 
 def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -635,6 +691,56 @@ def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, An
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the factors belong to another ingest")
     return group["U"][...], group["V"][...], dict(meta.get("attrs", {}))
+
+
+def read_factor_array(store: StoreLike, name: str) -> np.ndarray | None:
+    """The item array ``name`` written with the factors (:func:`write_factors`), or None."""
+    st = _as_store(store)
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="factors", mode="r")
+    if name not in group:
+        return None
+    return np.asarray(group[name][...], dtype=np.float64)
+
+
+def write_recommendations(
+    store: StoreLike, items: np.ndarray, scores: np.ndarray, attrs: Mapping[str, Any]
+) -> None:
+    """Store every user's top-n as ``recommendations/`` (replaced atomically as a whole).
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    items : (n_users, n) int array
+        Item indices per user, best first; -1 where fewer than n items were left.
+    scores : (n_users, n) float array
+        Their scores (NaN where the item is -1).
+    attrs : mapping
+        JSON metadata (n, whether seen items were excluded).
+    """
+    st = _as_store(store)
+    items = np.asarray(items, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if items.ndim != 2 or items.shape[0] != st.n_users or scores.shape != items.shape:
+        raise InputError(
+            f"recommendations must be two ({st.n_users}, n) arrays, got {items.shape} and "
+            f"{scores.shape}"
+        )
+    rows = max(1, min(st.n_users, 65536))
+    group_attrs = {"attrs": dict(attrs), "ingest_id": st.attrs.get("ingest_id")}
+    chunks = {"items": (rows, items.shape[1]), "scores": (rows, items.shape[1])}
+    _write_group(st, "recommendations", {"items": items, "scores": scores}, group_attrs, chunks)
+
+
+def read_recommendations(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The arrays and attrs written by :func:`write_recommendations`."""
+    st = _as_store(store)
+    if not (st.path / "recommendations" / "zarr.json").is_file():
+        raise InputError(f"{st.path}: no recommendations stored")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="recommendations", mode="r")
+    meta = dict(group.attrs)
+    if meta.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the recommendations belong to another ingest")
+    return group["items"][...], group["scores"][...], dict(meta.get("attrs", {}))
 
 
 def write_checkpoint(store: StoreLike, B: np.ndarray, attrs: Mapping[str, Any]) -> None:

@@ -132,7 +132,7 @@ def same(records: list[dict], expected: list[dict]) -> None:
 def fitted(cluster_client):
     """bm25-weighted fit of a tall R (m >= n: the engine's B is V) with string ids and titles."""
     model = CodedALS(
-        n_factors=D, n_workers=7, n_stragglers=1, weighting="bm25", max_iter=40, seed=0
+        n_factors=D, n_workers=7, n_stragglers=1, weighting="bm25", max_iter=15, seed=0
     )
     return model.fit(ratings(), client=cluster_client, user_ids=USER_IDS, titles=TITLES)
 
@@ -320,3 +320,25 @@ def test_top_k_against_a_sort():
         full = np.argsort(-scores, axis=1, kind="stable")
         for k in range(1, cols + 2):
             np.testing.assert_array_equal(top_k(scores, k), full[:, :k])
+
+
+def test_ingest_matrix_keeps_every_row_and_column_in_id_order(tmp_path):
+    R = ratings().tolil()
+    R[5, :] = 0  # a user without ratings stays a user
+    R = R.tocsr()
+    R.eliminate_zeros()
+    users = np.array([f"u{i}" for i in range(M)])[::-1].copy()
+    items = np.arange(N)[::-1] * 10
+    ingest_matrix(R, tmp_path / "m.zarr", user_ids=users, item_ids=items, titles=TITLES)
+    st = stores.open_store(tmp_path / "m.zarr")
+    assert st.user_ids.tolist() == sorted(users.tolist())
+    assert st.item_ids.tolist() == sorted(items.tolist())
+    by_user, by_item = np.argsort(users), np.argsort(items)
+    np.testing.assert_array_equal(
+        stores.ratings_matrix(st).toarray(), R.toarray()[by_user][:, by_item]
+    )
+    assert st.titles.tolist() == [TITLES[j] for j in by_item]
+    with pytest.raises(InputError, match="user_ids are not unique"):
+        ingest_matrix(R, tmp_path / "d.zarr", user_ids=np.zeros(M, dtype=int))
+    with pytest.raises(InputError, match="store exists"):
+        ingest_matrix(R, tmp_path / "m.zarr")

@@ -696,6 +696,8 @@ def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, An
 def read_factor_array(store: StoreLike, name: str) -> np.ndarray | None:
     """The item array ``name`` written with the factors (:func:`write_factors`), or None."""
     st = _as_store(store)
+    if not st.has_factors:
+        raise InputError(f"{st.path}: no factors stored")
     group = zarr.open_group(LocalStore(st.path, read_only=True), path="factors", mode="r")
     if name not in group:
         return None

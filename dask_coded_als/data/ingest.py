@@ -122,6 +122,7 @@ __all__ = [
     "FORMAT_NAMES",
     "ROLE_NAMES",
     "IngestReport",
+    "check_ids",
     "ingest",
     "ingest_dataframe",
     "ingest_matrix",
@@ -173,7 +174,7 @@ _MOVIE_HEADERS = {"movieid", "movie_id", "movie", "itemid", "item_id", "item", "
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What :func:`ingest` or :func:`ingest_dataframe` did.
+    """What :func:`ingest`, :func:`ingest_dataframe` or :func:`ingest_matrix` did.
 
     Attributes
     ----------
@@ -183,7 +184,7 @@ class IngestReport:
         Ratings dropped because a later row rated the same (user, item) pair.
     format : str
         ``"ml-100k"``, ``"ml-1m"``, ``"ml-latest"`` (text laid out as that MovieLens file),
-        ``"csv"`` (any other text), ``"parquet"`` or ``"dataframe"``.
+        ``"csv"`` (any other text), ``"parquet"``, ``"dataframe"`` or ``"matrix"``.
     store_path : pathlib.Path
         The store written.
     seconds : float
@@ -1255,22 +1256,29 @@ def ingest_dataframe(
     return _store(store, data, source, strict, movies, t0)
 
 
-def _matrix_ids(ids: Any, size: int, kind: str) -> tuple[np.ndarray, str]:
-    """Ids of a matrix's rows or columns (0..size-1 when None), unique, int64 or str."""
+def check_ids(ids: Any, size: int, name: str) -> tuple[np.ndarray, str]:
+    """Ids of a matrix's rows or columns, as a store keeps them: ``(ids, "int64")`` or
+    ``(ids as an object array of str, "string")``; 0, 1, ... when ``ids`` is None.
+
+    Raises
+    ------
+    InputError
+        Not ``size`` ids, a mix of types, or repeated ids (``name`` names the argument).
+    """
     if ids is None:
         return np.arange(size, dtype=np.int64), "int64"
     arr = np.asarray(ids)
     if arr.shape != (size,):
-        raise InputError(f"{kind}_ids has shape {arr.shape}, expected ({size},)")
+        raise InputError(f"{name} has shape {arr.shape}, expected ({size},)")
     if arr.dtype.kind in "iu":
         arr, kind_name = arr.astype(np.int64), "int64"
     elif all(isinstance(v, str) for v in arr.tolist()):
         arr, kind_name = np.array(arr.tolist(), dtype=object), "string"
     else:
-        raise InputError(f"{kind}_ids must be all integers or all strings")
+        raise InputError(f"{name} must be all integers or all strings")
     ordered = np.sort(arr)
     if size > 1 and np.any(ordered[1:] == ordered[:-1]):
-        raise InputError(f"{kind}_ids are not unique")
+        raise InputError(f"{name} are not unique")
     return arr, kind_name
 
 
@@ -1323,8 +1331,8 @@ def ingest_matrix(
     if not (sp.issparse(R) or isinstance(R, np.ndarray)) or R.ndim != 2:
         raise InputError("R must be a 2-D numpy array or scipy.sparse matrix")
     m, n = R.shape
-    users, user_type = _matrix_ids(user_ids, m, "user")
-    items, item_type = _matrix_ids(item_ids, n, "item")
+    users, user_type = check_ids(user_ids, m, "user_ids")
+    items, item_type = check_ids(item_ids, n, "item_ids")
     if titles is not None and len(titles) != n:
         raise InputError(f"titles has {len(titles)} entries, expected {n}")
     by_user = np.argsort(users, kind="stable")

@@ -15,6 +15,7 @@ from dask_coded_als._util import check_int
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.codes import partition
 from dask_coded_als.coding.points import POINT_FAMILIES
+from dask_coded_als.data.ingest import check_ids
 from dask_coded_als.engine.cluster import cluster_for
 from dask_coded_als.engine.master import Master, Settings
 from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
@@ -395,8 +396,8 @@ class CodedALS(RecommenderMixin):
         R = _check_data(R)
         m, n = R.shape
         settings = self._settings((m, n))
-        user_ids = _check_ids(user_ids, m, "user_ids")
-        item_ids = _check_ids(item_ids, n, "item_ids")
+        user_ids = check_ids(user_ids, m, "user_ids")[0]
+        item_ids = check_ids(item_ids, n, "item_ids")[0]
         if titles is not None and len(titles) != n:
             raise InputError(f"titles has {len(titles)} entries, expected {n}")
         weighting = fit_weighting(self.weighting, R)
@@ -453,17 +454,6 @@ class CodedALS(RecommenderMixin):
                 f"history entries; max_iter is {self.max_iter}"
             )
         return {"B": B, "iteration": iteration, "history": history}
-
-
-def _check_ids(ids: Any, size: int, name: str) -> np.ndarray:
-    if ids is None:
-        return np.arange(size, dtype=np.int64)
-    arr = np.asarray(ids)
-    if arr.shape != (size,):
-        raise InputError(f"{name} has shape {arr.shape}, expected ({size},)")
-    if len(np.unique(arr if arr.dtype.kind in "iu" else arr.astype(str))) != size:
-        raise InputError(f"{name} are not unique")
-    return arr
 
 
 def _check_data(R: Any) -> Any:

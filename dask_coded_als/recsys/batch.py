@@ -133,8 +133,7 @@ def recommend_all(
     [[2], [0]]
     """
     n = check_int(n, "n", 1)
-    m, d = user_factors.shape
-    n_items = item_factors.shape[0]
+    m, n_items = user_factors.shape[0], item_factors.shape[0]
     if block_rows is None:
         block_rows = max(1, SCORE_BLOCK_BYTES // (8 * max(1, n_items)))
     block_rows = check_int(block_rows, "block_rows", 1)

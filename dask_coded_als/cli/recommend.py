@@ -99,9 +99,12 @@ def read_ratings_file(path: str | os.PathLike) -> dict[str, float]:
 def run_recommend(args: argparse.Namespace) -> int:
     from dask_coded_als.engine import CodedALS
     from dask_coded_als.errors import InputError
+    from dask_coded_als.recsys.batch import OUTPUT_SUFFIXES
 
     if args.out is not None and not args.all:
         raise InputError("--out goes with --all")
+    if args.out is not None and Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"{args.out}: --out must end in .parquet or .csv")
     model = CodedALS.load(args.store)
     exclude = not args.include_seen
     if args.all:
@@ -119,19 +122,15 @@ def run_recommend(args: argparse.Namespace) -> int:
 def _run_all(model: Any, args: argparse.Namespace, exclude: bool) -> int:
     from dask_coded_als.cli.options import client_from_args
     from dask_coded_als.data import store as stores
-    from dask_coded_als.errors import InputError
     from dask_coded_als.recsys.batch import recommend_all, recommendations_table, write_table
 
-    out = None if args.out is None else Path(args.out)
-    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
-        raise InputError(f"{out}: --out must end in .parquet or .csv")
     start = time.perf_counter()
     seen = model.ratings_ if exclude else None
     with client_from_args(args, args.workers) as client:
         items, scores = recommend_all(
             model.user_factors_, model.item_factors_, seen, args.n, client=client
         )
-    if out is None:
+    if args.out is None:
         stores.write_recommendations(
             args.store, items, scores, {"n": args.n, "exclude_seen": exclude}
         )
@@ -140,8 +139,8 @@ def _run_all(model: Any, args: argparse.Namespace, exclude: bool) -> int:
         table = recommendations_table(
             items, scores, model.user_ids_, model.item_ids_, model.titles_
         )
-        write_table(table, out)
-        where = str(out)
+        write_table(table, args.out)
+        where = str(args.out)
     seconds = time.perf_counter() - start
     summary = {"users": int(items.shape[0]), "n": args.n, "out": where, "seconds": seconds}
     if args.json:

@@ -29,6 +29,7 @@ from dask_coded_als.errors import InputError
 from dask_coded_als.recsys.topk import top_k
 
 __all__ = [
+    "OUTPUT_SUFFIXES",
     "SCORE_BLOCK_BYTES",
     "recommend_all",
     "recommendations_table",
@@ -39,6 +40,9 @@ __all__ = [
 #: Scores held per block of users (float64): the block's rows are this over 8 n_items. The
 #: top-k needs about as much again (a partitioned copy) and a mask of an eighth of it.
 SCORE_BLOCK_BYTES = 64 * 2**20
+
+#: The file types :func:`write_table` writes, by the name's suffix.
+OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 #: One recommendation as a block returns it: the item's index (-1: none) and its score.
 _PAIR = np.dtype([("item", np.int64), ("score", np.float64)])
@@ -226,4 +230,4 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
         ]
         pa_csv.write_csv(pa.table(plain, names=table.column_names), path)
     else:
-        raise InputError(f"{path}: the output must end in .parquet or .csv")
+        raise InputError(f"{path}: the output must end in {' or '.join(OUTPUT_SUFFIXES)}")

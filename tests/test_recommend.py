@@ -1,12 +1,19 @@
-"""Tests of recommendations and item neighbours from factors."""
+"""Recommendations and neighbours from factors, and the recommend and similar commands."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
+from support import SAMPLE
 
+from dask_coded_als.cli import main
+from dask_coded_als.data import store as stores
+from dask_coded_als.data.ingest import ingest
 from dask_coded_als.errors import InputError
 from dask_coded_als.recsys.recommend import recommend, recommend_by_id, similar_by_id, similar_items
 
@@ -174,3 +181,105 @@ def test_similar_by_id_and_errors():
         similar_items(item_factors, 0, n=0)
     with pytest.raises(InputError, match="out of range"):
         similar_items(item_factors, 3)
+
+
+# -- the command line: fit --weighting, recommend --ratings / --all, similar --user ----------------
+
+
+@pytest.fixture(scope="module")
+def fitted_store(tmp_path_factory, cluster_client):
+    """The sample, fitted by the command line with bm25 and the default n_factors."""
+    path = tmp_path_factory.mktemp("recommend") / "sample.zarr"
+    ingest(SAMPLE / "ratings.csv", path, movies=SAMPLE / "movies.csv")
+    argv = ["fit", str(path), "--weighting", "bm25", "--iterations", "4", "--json"]
+    assert main([*argv, "--scheduler", cluster_client.scheduler.address]) == 0
+    return path
+
+
+def test_fit_uses_the_gram_matrix_of_its_weighting(fitted_store, client, tmp_path, capsys):
+    R = stores.ratings_matrix(fitted_store)
+    assert stores.gram_weighting(fitted_store) == "bm25"
+    with pytest.raises(InputError, match="weighting='bm25', not 'none'"):
+        stores.gram_array(fitted_store)
+    _, _, attrs = stores.read_factors(fitted_store)
+    assert attrs["estimator"]["parameters"]["weighting"] == "bm25"
+    assert stores.read_factors(fitted_store)[0].shape[1] == 16  # the default d for 250 items
+    # a fit with another weighting replaces D by that of its own R (numpy reference)
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(fitted_store, copy)
+    argv = ["fit", str(copy), "--weighting", "binary", "--factors", "3", "--iterations", "1"]
+    assert main([*argv, "--json", "--scheduler", client.scheduler.address]) == 0
+    capsys.readouterr()
+    D, transposed = stores.gram_array(copy, "binary")
+    ones = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr), shape=R.shape)
+    assert not transposed
+    np.testing.assert_allclose(D[...], (ones.T @ ones).toarray(), rtol=1e-12)
+
+
+def cli_rows(argv: list[str], capsys) -> list[dict]:
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_ratings_file_folds_in_a_new_user(fitted_store, tmp_path, capsys):
+    """A new user who rated what a training user rated gets that user's recommendations (the
+    sample has more users than items, so fold-in gives back a training user's vector)."""
+    st = stores.open_store(fitted_store)
+    R = stores.ratings_matrix(st)
+    row = 7
+    lines = ["movieId,rating"] + [
+        f"{st.item_ids[j]},{R[row, j]:g}" for j in R[row].indices.tolist()
+    ]
+    (tmp_path / "new.csv").write_text("\n".join(lines) + "\n")
+    new = cli_rows(["recommend", str(fitted_store), "--ratings", str(tmp_path / "new.csv")], capsys)
+    known = cli_rows(["recommend", str(fitted_store), "--user", str(st.user_ids[row])], capsys)
+    assert [r["item_id"] for r in new] == [r["item_id"] for r in known]
+    np.testing.assert_allclose([r["score"] for r in new], [r["score"] for r in known], rtol=1e-9)
+    rated = set(st.item_ids[R[row].indices].tolist())
+    assert not rated & {r["item_id"] for r in new}
+    assert all(r["title"] for r in new)
+    (tmp_path / "bad.csv").write_text("movieId,rating\n999999,5\n")
+    assert main(["recommend", str(fitted_store), "--ratings", str(tmp_path / "bad.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown item id 999999")
+
+
+def test_recommend_all_equals_one_user_at_a_time(fitted_store, client, tmp_path, capsys):
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    st = stores.open_store(fitted_store)
+    cluster = ["--scheduler", client.scheduler.address]
+    base = ["recommend", str(fitted_store), "--all", "--n", "7", *cluster]
+    assert main([*base, "--out", str(tmp_path / "recs.parquet")]) == 0
+    assert main([*base, "--out", str(tmp_path / "recs.csv")]) == 0
+    assert main(base) == 0
+    table = pq.read_table(tmp_path / "recs.parquet").to_pylist()
+    assert len(table) == 7 * st.n_users
+    assert pa_csv.read_csv(tmp_path / "recs.csv").to_pylist() == table
+    items, scores, attrs = stores.read_recommendations(st)
+    assert items.shape == (st.n_users, 7) and attrs == {"n": 7, "exclude_seen": True}
+    by_user: dict = {}
+    for row in table:
+        by_user.setdefault(row["user_id"], []).append(row)
+    for position in (0, 150, st.n_users - 1):
+        user = st.user_ids[position]
+        one = cli_rows(["recommend", str(fitted_store), "--user", str(user), "-n", "7"], capsys)
+        batch = by_user[user]
+        assert [r["rank"] for r in batch] == list(range(1, 8))
+        assert [r["item_id"] for r in batch] == [r["item_id"] for r in one]
+        assert [r["title"] for r in batch] == [r["title"] for r in one]
+        np.testing.assert_allclose([r["score"] for r in batch], [r["score"] for r in one])
+        assert st.item_ids[items[position]].tolist() == [r["item_id"] for r in one]
+
+
+def test_similar_users(fitted_store, capsys):
+    st = stores.open_store(fitted_store)
+    U, _, _ = stores.read_factors(st)
+    unit = U / np.linalg.norm(U, axis=1, keepdims=True)
+    cosine = unit @ unit[4]
+    cosine[4] = -np.inf
+    rows = cli_rows(
+        ["similar", str(fitted_store), "--user", str(st.user_ids[4]), "-n", "3"], capsys
+    )
+    assert [r["user_id"] for r in rows] == st.user_ids[np.argsort(-cosine)[:3]].tolist()

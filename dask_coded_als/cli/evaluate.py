@@ -30,13 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--refit",
         action="store_true",
-        help="fit anew on the training part of the split (needs --factors; the fit options "
-        "apply only then); default: score the factors stored in STORE, which must have been "
+        help="fit anew on the training part of the split (the fit options apply only then); "
+        "default: score the factors stored in STORE, which must have been "
         "fitted on the training part of a recorded split",
     )
     add_model_options(
         p,
-        factors="with --refit",
+        factors="with --refit; default: about the square root of the smaller side of R, at "
+        "most 150",
         seed="seeds the split, the initial factor and the straggler model (default: 0 with "
         "--refit, else the stored split's)",
     )
@@ -92,7 +93,7 @@ def _stored_factors(store: Any, args: argparse.Namespace) -> tuple[Any, Any, dic
         raise InputError("--factors goes with --refit; without it the stored factors are scored")
     if not store.has_factors:
         raise InputError(
-            f"{store.path}: no factors stored; pass --refit --factors D to fit on a training split"
+            f"{store.path}: no factors stored; pass --refit to fit on a training split"
         )
     U, V, attrs = stores.read_factors(store)
     spec = attrs.get("split")
@@ -101,7 +102,7 @@ def _stored_factors(store: Any, args: argparse.Namespace) -> tuple[Any, Any, dic
         # of training data, not predictions.
         raise InputError(
             f"{store.path}: the stored factors were fitted on all ratings, test ratings included; "
-            f"pass --refit --factors D to fit on the training part of a split"
+            f"pass --refit to fit on the training part of a split"
         )
     # the seed's default, 0, is no choice: only a seed given counts
     seed = args.seed if "seed" in getattr(args, "given", ()) else None
@@ -118,15 +119,12 @@ def _stored_factors(store: Any, args: argparse.Namespace) -> tuple[Any, Any, dic
 
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
-    from dask_coded_als.errors import InputError
     from dask_coded_als.recsys.evaluation import evaluate_factors, evaluate_popularity
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
     result: dict[str, Any] = {}
     if args.refit:
-        if args.factors is None:
-            raise InputError("--refit needs --factors D")
         model = model_from_args(args)
         model._settings(R.shape)  # bad options fail before any cluster starts
         spec = split_spec(args.split or "random", args.test_fraction or 0.2, args.seed)

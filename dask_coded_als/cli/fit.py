@@ -34,6 +34,7 @@ FINGERPRINT = (
     "dtype",
     "regularization",
     "seed",
+    "weighting",
 )
 #: The options a resumed fit takes from the checkpoint unless given again: they may change
 #: without changing the iterates.
@@ -48,7 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "cluster, checkpointing after every iteration; the factors are written to the store.",
     )
     p.add_argument("store")
-    add_model_options(p, factors="required, except with --resume")
+    add_model_options(
+        p,
+        factors="default: about the square root of the smaller side of R, at most 150; with "
+        "--resume the checkpoint's",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -121,21 +126,19 @@ def _dashboard(client: Any, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
     from dask_coded_als.errors import InputError, UnreachableStoreError
+    from dask_coded_als.recsys.weighting import fit_weighting
 
-    if args.factors is None and not args.resume:
-        raise InputError(
-            "the following arguments are required: --factors (or --resume, to continue the fit "
-            "of a checkpoint)"
-        )
     if args.dashboard and importlib.util.find_spec("bokeh") is None:
         raise InputError("--dashboard needs bokeh: pip install 'dask-coded-als[dashboard]'")
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
     resume = _resume_state(store, args) if args.resume else None
     model = model_from_args(args)
-    model._settings(R.shape)  # bad options fail before any cluster starts
+    settings = model._settings(R.shape)  # bad options fail before any cluster starts
+    weighting = fit_weighting(args.weighting, R)
     if resume is not None:
-        resume = model._check_resume(resume, min(R.shape))  # e.g. --iterations below it
+        # e.g. --iterations below the checkpoint's iteration
+        resume = model._check_resume(resume, min(R.shape), settings.n_factors)
         print(
             f"resuming from the checkpoint at iteration {resume['iteration']} of {args.iterations}",
             file=sys.stderr,
@@ -158,19 +161,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"dashboard: {_dashboard(client, args)}", file=sys.stderr, flush=True)
         # D is computed only once a cluster is there, so a failed connection leaves the store
         # as it was. The workers compute it and build their shards from the store when they
-        # can open it; otherwise this process does both (reading D block by block).
+        # can open it; otherwise this process does both (reading D block by block). D is of
+        # the weighted R: one of another weighting is replaced.
         try:
             stores.check_workers_read(store, client)
             shared = True
         except UnreachableStoreError as exc:
             print(f"{as_flags(str(exc))}; D and the shards are made here", file=sys.stderr)
             shared = False
-        if not store.has_gram:
+        if stores.gram_weighting(store) != args.weighting:
             with bar(args, "D", "block") as progress:
                 stores.compute_gram(
-                    store, client=client if shared else None, dtype=args.dtype, progress=progress
+                    store,
+                    overwrite=True,
+                    client=client if shared else None,
+                    dtype=args.dtype,
+                    weighting=weighting,
+                    progress=progress,
                 )
-        D = stores.gram_source(store) if shared else stores.gram_array(store)[0]
+        if shared:
+            D = stores.gram_source(store, args.weighting)
+        else:
+            D = stores.gram_array(store, args.weighting)[0]
         start = 0 if resume is None else resume["iteration"]
         with (
             bar(args, "shards", "worker") as placed,
@@ -184,14 +196,12 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=checkpoint,
                 resume=resume,
                 progress=placed,
+                user_ids=store.user_ids,
+                item_ids=store.item_ids,
+                titles=store.titles,
             )
     params = {k: v for k, v in vars(args).items() if k not in ("func", "json", "given")}
-    stores.write_factors(
-        store,
-        model.user_factors_,
-        model.item_factors_,
-        {"parameters": jsonable(params), "history": jsonable(model.history_)},
-    )
+    model.save(store, {"parameters": jsonable(params)})
     stores.clear_checkpoint(store)
     summary = fit_summary(model, str(args.store))
     if args.json:

@@ -155,6 +155,7 @@ FLAGS = {
     "tls_ca_file": "--tls-ca-file",
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
+    "weighting": "--weighting",
 }
 
 
@@ -267,9 +268,17 @@ def add_model_options(
     ``seed`` what --seed seeds."""
     from dask_coded_als.engine import DTYPES, MODES, PROTOCOLS
     from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
+    from dask_coded_als.recsys.weighting import WEIGHTINGS
 
     p.add_argument(
         "--factors", type=positive_int, metavar="D", help=f"d, the latent dimension ({factors})"
+    )
+    p.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="none",
+        help="weigh R before the fit: none (ratings as given), binary (implicit feedback: every "
+        "rating is 1), bm25 (implicit counts: popular items and heavy users weigh less)",
     )
     p.add_argument(
         "--workers", type=positive_int, default=8, metavar="W", help="W, the workers used"
@@ -405,6 +414,7 @@ def model_from_args(args: argparse.Namespace) -> Any:
         verify=args.verify,
         dtype=args.dtype,
         recovery_timeout=args.recovery_timeout,
+        weighting=args.weighting,
     )
 
 
@@ -438,7 +448,8 @@ def fit_summary(model: Any, store_path: str | None = None) -> dict[str, Any]:
         "h": getattr(model, "h_", None),
         "partition": getattr(model, "partition_", None),
         "n_workers": model.n_workers,
-        "n_factors": model.n_factors,
+        "n_factors": model.n_factors_,
+        "weighting": model.weighting,
         "iterations": model.n_iter_,
         "converged": bool(model.converged_),
         "objective": model.history_[-1]["objective"],
@@ -458,7 +469,8 @@ def print_rows(rows: list[dict], as_json: bool) -> None:
         return
     for rank, row in enumerate(rows, 1):
         title = f"  {row['title']}" if row.get("title") else ""
-        print(f"{rank:3d}. item {row['item_id']}  score {row['score']:.4f}{title}")
+        kind = "item" if "item_id" in row else "user"
+        print(f"{rank:3d}. {kind} {row[f'{kind}_id']}  score {row['score']:.4f}{title}")
 
 
 def print_metrics(result: dict[str, Any], k: int) -> None:

@@ -122,8 +122,10 @@ __all__ = [
     "FORMAT_NAMES",
     "ROLE_NAMES",
     "IngestReport",
+    "check_ids",
     "ingest",
     "ingest_dataframe",
+    "ingest_matrix",
 ]
 
 #: The text formats ``format`` accepts (besides the aliases).
@@ -172,7 +174,7 @@ _MOVIE_HEADERS = {"movieid", "movie_id", "movie", "itemid", "item_id", "item", "
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What :func:`ingest` or :func:`ingest_dataframe` did.
+    """What :func:`ingest`, :func:`ingest_dataframe` or :func:`ingest_matrix` did.
 
     Attributes
     ----------
@@ -182,7 +184,7 @@ class IngestReport:
         Ratings dropped because a later row rated the same (user, item) pair.
     format : str
         ``"ml-100k"``, ``"ml-1m"``, ``"ml-latest"`` (text laid out as that MovieLens file),
-        ``"csv"`` (any other text), ``"parquet"`` or ``"dataframe"``.
+        ``"csv"`` (any other text), ``"parquet"``, ``"dataframe"`` or ``"matrix"``.
     store_path : pathlib.Path
         The store written.
     seconds : float
@@ -1291,6 +1293,128 @@ def ingest_dataframe(
         raise InputError("DataFrame: no ratings (no rows)")
     source = {"format": "dataframe", "source": "DataFrame", "sha256": None}
     return _store(store, data, source, strict, movies, t0)
+
+
+def check_ids(ids: Any, size: int, name: str) -> tuple[np.ndarray, str]:
+    """Ids of a matrix's rows or columns, as a store keeps them: ``(ids, "int64")`` or
+    ``(ids as an object array of str, "string")``; 0, 1, ... when ``ids`` is None.
+
+    Raises
+    ------
+    InputError
+        Not ``size`` ids, a mix of types, or repeated ids (``name`` names the argument).
+    """
+    if ids is None:
+        return np.arange(size, dtype=np.int64), "int64"
+    arr = np.asarray(ids)
+    if arr.shape != (size,):
+        raise InputError(f"{name} has shape {arr.shape}, expected ({size},)")
+    if arr.dtype.kind in "iu":
+        arr, kind_name = arr.astype(np.int64), "int64"
+    elif all(isinstance(v, str) for v in arr.tolist()):
+        arr, kind_name = np.array(arr.tolist(), dtype=object), "string"
+    else:
+        raise InputError(f"{name} must be all integers or all strings")
+    ordered = np.sort(arr)
+    if size > 1 and np.any(ordered[1:] == ordered[:-1]):
+        raise InputError(f"{name} are not unique")
+    return arr, kind_name
+
+
+def ingest_matrix(
+    R: Any,
+    store_path: str | os.PathLike,
+    *,
+    user_ids: Any = None,
+    item_ids: Any = None,
+    titles: Any = None,
+    overwrite: bool = False,
+) -> IngestReport:
+    """Write a ratings store from a matrix (users x items) and the ids of its rows and columns.
+
+    Every row and column becomes a user and an item, also those without ratings. As in every
+    store, users and items are numbered in the sorted order of their ids, so the store's row i is
+    R's row i only when the ids are sorted.
+
+    Parameters
+    ----------
+    R : ndarray or scipy.sparse matrix, shape (m, n)
+        Ratings: the stored entries of a sparse matrix, the nonzero ones of an array.
+    store_path : str or os.PathLike
+        The store directory to create.
+    user_ids, item_ids : array_like, optional
+        Unique integer or string ids of the rows and columns (default 0, 1, ...).
+    titles : sequence of str, optional
+        One title per column, stored as ``ids/titles``.
+    overwrite : bool, default False
+        As for :func:`ingest`.
+
+    Returns
+    -------
+    IngestReport
+        With ``format="matrix"``.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.zarr"
+    >>> ingest_matrix(np.array([[5.0, 0.0], [0.0, 3.0]]), path, item_ids=["b", "a"]).n_ratings
+    2
+    >>> from dask_coded_als.data.store import open_store
+    >>> open_store(path).item_ids.tolist()
+    ['a', 'b']
+    """
+    import scipy.sparse as sp
+
+    t0 = time.perf_counter()
+    if not (sp.issparse(R) or isinstance(R, np.ndarray)) or R.ndim != 2:
+        raise InputError("R must be a 2-D numpy array or scipy.sparse matrix")
+    m, n = R.shape
+    users, user_type = check_ids(user_ids, m, "user_ids")
+    items, item_type = check_ids(item_ids, n, "item_ids")
+    if titles is not None and len(titles) != n:
+        raise InputError(f"titles has {len(titles)} entries, expected {n}")
+    by_user = np.argsort(users, kind="stable")
+    by_item = np.argsort(items, kind="stable")
+    csr = sp.csr_matrix(R, dtype=np.float32)[by_user][:, by_item].tocsr()
+    csr.sum_duplicates()
+    csr.sort_indices()
+    if not np.isfinite(csr.data).all():
+        raise InputError("R contains NaN or infinite values")
+    csc = csr.tocsc()
+    csc.sort_indices()
+    index = np.int32 if max(m, n) < 2**31 else np.int64
+    parsed = {
+        "user_id_type": user_type,
+        "item_id_type": item_type,
+        "n_users": m,
+        "n_items": n,
+        "n_ratings": int(csr.nnz),
+        "n_duplicates": 0,
+        "user_ids": users[by_user],
+        "item_ids": items[by_item],
+        "user": np.repeat(np.arange(m, dtype=index), np.diff(csr.indptr)),
+        "item": csr.indices.astype(index),
+        "rating": csr.data,
+        "timestamp": None,
+        "indptr": csr.indptr.astype(np.int64),
+        "t_indptr": csc.indptr.astype(np.int64),
+        "t_user": csc.indices.astype(index),
+        "t_rating": csc.data,
+    }
+    store = Path(store_path)
+    _check_target(store, overwrite, [])
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.parent / f".{store.name}.tmp-{uuid.uuid4().hex[:12]}"
+    titled = None if titles is None else np.array([str(t) for t in titles], dtype=object)[by_item]
+    try:
+        source = {"format": "matrix", "source": "matrix", "sha256": None}
+        _write_store(tmp, parsed, titled, None, source)
+        _move_into_place(tmp, store)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return IngestReport(m, n, int(csr.nnz), 0, "matrix", store, time.perf_counter() - t0)
 
 
 def _move_into_place(tmp: Path, store: Path) -> None:

@@ -14,8 +14,14 @@ Layout (version 1), all paths relative to the store directory::
     ids/users                int64 or string (n_users,)  original id of every user index
     ids/items                int64 or string (n_items,)  original id of every item index
     ids/titles               string (n_items,)     only when a movies file was ingested
-    gram/D                   float64 (l, l)        written by :func:`compute_gram`
+    gram/D                   float64 (l, l)        written by :func:`compute_gram`; the group's
+                                                   attribute ``weighting`` names the weighting of
+                                                   R it was formed from (absent: ``"none"``)
     factors/U, factors/V     float64 (n_users, d), (n_items, d), written by :func:`write_factors`
+    factors/<name>           float64 (n_items,)    optional per-item arrays of the fitted model
+                                                   (the ``bm25`` weighting's item weights)
+    recommendations/items    int64 (n_users, n)    top-n item indices per user (-1: none left),
+    recommendations/scores   float64 (n_users, n)  written by :func:`write_recommendations`
 
 Index arrays are int64 instead of int32 when a dimension reaches 2**31. Users and items are
 numbered in the sorted order of their original ids (numeric order for integer ids, code-point
@@ -77,8 +83,12 @@ __all__ = [
     "compute_gram",
     "load_gram",
     "gram_array",
+    "gram_weighting",
     "write_factors",
     "read_factors",
+    "read_factor_array",
+    "write_recommendations",
+    "read_recommendations",
     "write_checkpoint",
     "read_checkpoint",
     "clear_checkpoint",
@@ -313,14 +323,23 @@ def ratings_matrix(store: StoreLike) -> sp.csr_matrix:
 
 
 def _load_block(
-    path: str, group: str, row_lo: int, row_hi: int, lo: int, hi: int, n_cols: int
+    path: str,
+    group: str,
+    row_lo: int,
+    row_hi: int,
+    lo: int,
+    hi: int,
+    n_cols: int,
+    values: str | None = None,
 ) -> sp.csr_matrix:
-    """Rows ``row_lo:row_hi`` of R (group ``ratings``) or R^T (group ``by_item``)."""
+    """Rows ``row_lo:row_hi`` of R (group ``ratings``) or R^T (group ``by_item``); with
+    ``values``, the entries' values come from that array (in the group's order) instead."""
     store = LocalStore(path, read_only=True)
     indptr = zarr.open_array(store, path=f"{group}/indptr", mode="r")[row_lo : row_hi + 1]
     col = "item" if group == "ratings" else "user"
     indices = zarr.open_array(store, path=f"{group}/{col}", mode="r")[lo:hi]
-    data = zarr.open_array(store, path=f"{group}/rating", mode="r")[lo:hi].astype(np.float64)
+    values = values or f"{group}/rating"
+    data = zarr.open_array(store, path=values, mode="r")[lo:hi].astype(np.float64)
     indptr = indptr.astype(np.int64) - lo
     mat = sp.csr_matrix((data, indices, indptr), shape=(row_hi - row_lo, n_cols), copy=False)
     mat.has_sorted_indices = True
@@ -471,6 +490,7 @@ def compute_gram(
     column_block: int | None = None,
     client: Any = None,
     dtype: str = "float64",
+    weighting: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray | None, bool]:
     """Compute the Gram matrix D of R and store it as ``gram/D``.
@@ -506,6 +526,10 @@ def compute_gram(
         none of it. Its workers must see the store's file system.
     dtype : {"float64", "float32"}
         How D is stored (it is computed in float64 either way).
+    weighting : Weighting, optional
+        A fitted :class:`dask_coded_als.recsys.weighting.Weighting` (anything with a ``name`` and
+        an ``apply(R)``): D is then formed from the weighted R, read whole into memory, by
+        column blocks, and the group records the weighting's name.
     progress : callable, optional
         Called as ``progress(done, total)`` as the blocks' products finish (row blocks, column
         blocks with ``column_block``, pairs of blocks with ``client``); with a distributed
@@ -521,7 +545,7 @@ def compute_gram(
     """
     if client is not None:
         transposed = compute_gram_on_cluster(
-            store, client, overwrite=overwrite, dtype=dtype, progress=progress
+            store, client, overwrite=overwrite, dtype=dtype, weighting=weighting, progress=progress
         )
         return None, transposed
     st = _as_store(store)
@@ -531,10 +555,14 @@ def compute_gram(
         raise InputError(f"{st.path}: gram exists; pass overwrite=True to replace it")
     transposed = st.n_users < st.n_items
     side_l = min(st.n_users, st.n_items)
-    if column_block is None and side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES:
+    weighted = weighting is not None and weighting.name != "none"
+    if column_block is None and (weighted or side_l * side_l * 8 > GRAM_BY_COLUMNS_BYTES):
+        # A weighting may need statistics of all of R (bm25's idf), so R is weighed whole.
         column_block = 2048
     if column_block is not None:
         R = ratings_matrix(st)
+        if weighted:
+            R = weighting.apply(R)
         n_blocks = math.ceil(side_l / int(column_block))
         # the name dask gives gram_by_columns' tasks of _column_block_gram
         with _BlocksDone(progress, "column_block_gram", n_blocks):
@@ -552,6 +580,7 @@ def compute_gram(
         "n_users": st.n_users,
         "n_items": st.n_items,
         "ingest_id": st.attrs.get("ingest_id"),
+        "weighting": weighting.name if weighted else "none",
     }
     # Uncompressed: the fit reads D once per worker's shard, and a dense Gram matrix hardly
     # compresses, so decompression would only cost time.
@@ -579,11 +608,18 @@ GRAM_BLOCK = 2048
 
 
 def _gram_pair_task(
-    path: str, group: str, rows_i: tuple, rows_j: tuple, n_cols: int, out: str, dtype: str
+    path: str,
+    group: str,
+    rows_i: tuple,
+    rows_j: tuple,
+    n_cols: int,
+    out: str,
+    dtype: str,
+    values: str | None = None,
 ) -> None:
     """On a worker: read rows I and J of X^T from the store, write D[I, J] and D[J, I]."""
-    a = _load_block(path, group, *rows_i, n_cols)
-    b = a if rows_j == rows_i else _load_block(path, group, *rows_j, n_cols)
+    a = _load_block(path, group, *rows_i, n_cols, values)
+    b = a if rows_j == rows_i else _load_block(path, group, *rows_j, n_cols, values)
     block = pair_block(a, b).astype(dtype, copy=False)
     D = zarr.open_array(LocalStore(path), path=out, mode="r+")
     (i0, i1), (j0, j1) = rows_i[:2], rows_j[:2]
@@ -599,6 +635,7 @@ def compute_gram_on_cluster(
     overwrite: bool = False,
     block: int = GRAM_BLOCK,
     dtype: str = "float64",
+    weighting: Any = None,
     timeout: float = 3600.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> bool:
@@ -609,6 +646,10 @@ def compute_gram_on_cluster(
     ``D[I, J]`` (:func:`dask_coded_als.data.gram.pair_block`) and writes it and its transpose
     into their chunks. The blocks equal those of :func:`compute_gram`'s column blocks exactly.
     The group is written under a temporary name and swapped in at the end, as every group.
+
+    With a ``weighting`` (as for :func:`compute_gram`) this process weighs R and writes the
+    weighted values beside D's temporary array, in the order of X^T's entries, and the workers
+    read those instead of the ratings.
 
     Returns
     -------
@@ -631,15 +672,18 @@ def compute_gram_on_cluster(
         (a, min(a + block, side), int(indptr[a]), int(indptr[min(a + block, side)])) for a in starts
     ]
     tmp = _tmp_name("tmp", "gram")
+    weighted = weighting is not None and weighting.name != "none"
     attrs = {
         "transposed": transposed,
         "n_users": st.n_users,
         "n_items": st.n_items,
         "ingest_id": st.attrs.get("ingest_id"),
+        "weighting": weighting.name if weighted else "none",
     }
     try:
         root = zarr.open_group(LocalStore(st.path), mode="r+")
-        root.create_group(tmp, attributes=attrs).create_array(
+        created = root.create_group(tmp, attributes=attrs)
+        created.create_array(
             "D",
             shape=(side, side),
             dtype=_gram_dtype(dtype),
@@ -647,6 +691,16 @@ def compute_gram_on_cluster(
             attributes={"transposed": transposed},
             compressors=None,
         )
+        values = None
+        if weighted:
+            W = weighting.apply(ratings_matrix(st))
+            X_t = W if transposed else W.T.tocsr()
+            X_t.sort_indices()
+            if not np.array_equal(X_t.indptr, indptr):
+                raise InputError(f"the {weighting.name} weighting changed which ratings exist")
+            created.create_array("values", data=X_t.data, chunks=(TARGET_RATINGS_PER_BLOCK,))
+            values = f"{tmp}/values"
+            del W, X_t
         futures = [
             client.submit(
                 _gram_pair_task,
@@ -657,6 +711,7 @@ def compute_gram_on_cluster(
                 n_cols,
                 f"{tmp}/D",
                 str(_gram_dtype(dtype)),
+                values,
                 pure=False,
                 key=f"gram-block-{i}-{j}-{tmp}",
             )
@@ -668,6 +723,8 @@ def compute_gram_on_cluster(
                 future.result()  # raises the task's error (or that it was lost)
             if progress is not None:
                 progress(done, len(futures))
+        if values is not None:
+            shutil.rmtree(st.path / values)  # the weighted values served D's tasks only
         _swap_in(st.path, tmp, "gram")
     except BaseException:
         shutil.rmtree(st.path / tmp, ignore_errors=True)
@@ -716,14 +773,20 @@ class GramSource:
         return f"GramSource({self.path!r}, shape={self.shape})"
 
 
-def gram_source(store: StoreLike) -> GramSource:
+def gram_source(store: StoreLike, weighting: str = "none") -> GramSource:
     """The stored D as a :class:`GramSource` (checked as :func:`gram_array` checks it)."""
-    gram, _ = gram_array(store)
+    gram, _ = gram_array(store, weighting)
     return GramSource(_as_store(store).path, gram.shape, str(gram.dtype))
 
 
-def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
+def gram_array(store: StoreLike, weighting: str = "none") -> tuple[zarr.Array, bool]:
     """The stored Gram matrix as a read-only Zarr array (read from disk on slicing).
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    weighting : str, default "none"
+        The weighting of R the caller needs D of; a D of another weighting is refused.
 
     Returns
     -------
@@ -733,7 +796,8 @@ def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
     Raises
     ------
     InputError
-        No ``gram`` group, one left from another ingest, or one of the wrong shape.
+        No ``gram`` group, one left from another ingest or of another weighting, or one of the
+        wrong shape.
     """
     st = _as_store(store)
     if not st.has_gram:
@@ -742,11 +806,26 @@ def gram_array(store: StoreLike) -> tuple[zarr.Array, bool]:
     attrs = dict(group.attrs)
     if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the gram matrix belongs to another ingest; recompute it")
+    stored = attrs.get("weighting", "none")
+    if stored != weighting:
+        raise InputError(
+            f"{st.path}: the gram matrix is of the ratings with weighting={stored!r}, not "
+            f"{weighting!r}; recompute it"
+        )
     gram = group["D"]
     expected = min(st.n_users, st.n_items)
     if gram.shape != (expected, expected):
         raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
     return gram, bool(attrs["transposed"])
+
+
+def gram_weighting(store: StoreLike) -> str | None:
+    """The weighting of R the stored Gram matrix was formed from, or None without one."""
+    st = _as_store(store)
+    if not st.has_gram:
+        return None
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="gram", mode="r")
+    return str(group.attrs.get("weighting", "none"))
 
 
 def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
@@ -767,7 +846,11 @@ def load_gram(store: StoreLike) -> tuple[np.ndarray, bool]:
 
 
 def write_factors(
-    store: StoreLike, U: np.ndarray, V: np.ndarray, attrs: Mapping[str, Any] | None = None
+    store: StoreLike,
+    U: np.ndarray,
+    V: np.ndarray,
+    attrs: Mapping[str, Any] | None = None,
+    item_arrays: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Store the factors ``U`` (``n_users x d``) and ``V`` (``n_items x d``) as ``factors/``.
 
@@ -781,6 +864,9 @@ def write_factors(
         Real factors with the same number of columns d >= 1; stored as float64.
     attrs : mapping, optional
         JSON-serializable metadata (parameters, history), stored as the group's attributes.
+    item_arrays : mapping of str to array_like, optional
+        More arrays of one value per item (a fitted weighting's item weights), stored beside
+        ``V`` as float64 and read back with :func:`read_factor_array`.
 
     Raises
     ------
@@ -809,9 +895,16 @@ def write_factors(
     except (TypeError, ValueError) as exc:
         raise InputError(f"factor attrs are not JSON-serializable ({one_line(exc)})") from None
     d = u.shape[1]
+    arrays = {"U": u, "V": v}
     chunks = {"U": (max(1, min(u.shape[0], 65536)), d), "V": (max(1, min(v.shape[0], 65536)), d)}
+    for name, values in (item_arrays or {}).items():
+        extra = np.asarray(values, dtype=np.float64)
+        if name in arrays or extra.shape != (st.n_items,) or not np.isfinite(extra).all():
+            raise InputError(f"item array {name!r} must be {st.n_items} finite values")
+        arrays[name] = extra
+        chunks[name] = (max(1, min(st.n_items, 65536)),)
     group_attrs = {"attrs": meta, "ingest_id": st.attrs.get("ingest_id")}
-    _write_group(st, "factors", {"U": u, "V": v}, group_attrs, chunks)
+    _write_group(st, "factors", arrays, group_attrs, chunks)
 
 
 def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -834,6 +927,58 @@ def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, An
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the factors belong to another ingest")
     return group["U"][...], group["V"][...], dict(meta.get("attrs", {}))
+
+
+def read_factor_array(store: StoreLike, name: str) -> np.ndarray | None:
+    """The item array ``name`` written with the factors (:func:`write_factors`), or None."""
+    st = _as_store(store)
+    if not st.has_factors:
+        raise InputError(f"{st.path}: no factors stored")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="factors", mode="r")
+    if name not in group:
+        return None
+    return np.asarray(group[name][...], dtype=np.float64)
+
+
+def write_recommendations(
+    store: StoreLike, items: np.ndarray, scores: np.ndarray, attrs: Mapping[str, Any]
+) -> None:
+    """Store every user's top-n as ``recommendations/`` (replaced atomically as a whole).
+
+    Parameters
+    ----------
+    store : RatingsStore or path
+    items : (n_users, n) int array
+        Item indices per user, best first; -1 where fewer than n items were left.
+    scores : (n_users, n) float array
+        Their scores (NaN where the item is -1).
+    attrs : mapping
+        JSON metadata (n, whether seen items were excluded).
+    """
+    st = _as_store(store)
+    items = np.asarray(items, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if items.ndim != 2 or items.shape[0] != st.n_users or scores.shape != items.shape:
+        raise InputError(
+            f"recommendations must be two ({st.n_users}, n) arrays, got {items.shape} and "
+            f"{scores.shape}"
+        )
+    rows = max(1, min(st.n_users, 65536))
+    group_attrs = {"attrs": dict(attrs), "ingest_id": st.attrs.get("ingest_id")}
+    chunks = {"items": (rows, items.shape[1]), "scores": (rows, items.shape[1])}
+    _write_group(st, "recommendations", {"items": items, "scores": scores}, group_attrs, chunks)
+
+
+def read_recommendations(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The arrays and attrs written by :func:`write_recommendations`."""
+    st = _as_store(store)
+    if not (st.path / "recommendations" / "zarr.json").is_file():
+        raise InputError(f"{st.path}: no recommendations stored")
+    group = zarr.open_group(LocalStore(st.path, read_only=True), path="recommendations", mode="r")
+    meta = dict(group.attrs)
+    if meta.get("ingest_id") != st.attrs.get("ingest_id"):
+        raise InputError(f"{st.path}: the recommendations belong to another ingest")
+    return group["items"][...], group["scores"][...], dict(meta.get("attrs", {}))
 
 
 def write_checkpoint(store: StoreLike, B: np.ndarray, attrs: Mapping[str, Any]) -> None:

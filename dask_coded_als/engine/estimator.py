@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,30 +15,62 @@ from dask_coded_als._util import check_int
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.codes import partition
 from dask_coded_als.coding.points import POINT_FAMILIES
+from dask_coded_als.data.ingest import check_ids
 from dask_coded_als.engine.cluster import cluster_for
 from dask_coded_als.engine.master import Master, Settings
 from dask_coded_als.engine.schemes import is_source
 from dask_coded_als.engine.stragglers import STRAGGLER_MODELS
 from dask_coded_als.errors import InputError
+from dask_coded_als.recsys.model import RecommenderMixin
+from dask_coded_als.recsys.weighting import check_weighting, fit_weighting
 
-__all__ = ["CodedALS", "DTYPES", "MODES", "PROTOCOLS"]
+__all__ = ["CodedALS", "DTYPES", "MODES", "PROTOCOLS", "default_n_factors"]
 
 MODES = ("coded", "uncoded", "replication")
 PROTOCOLS = ("fast", "paper")
 DTYPES = ("float64", "float32")
+#: The largest d that ``n_factors=None`` chooses.
+MAX_DEFAULT_FACTORS = 150
 
 
-class CodedALS:
+def default_n_factors(m: int, n: int) -> int:
+    """The d that ``n_factors=None`` takes for an m x n R: ``round(sqrt(min(m, n)))``, at most
+    :data:`MAX_DEFAULT_FACTORS` (see :class:`CodedALS` for why).
+
+    Examples
+    --------
+    >>> default_n_factors(300, 250), default_n_factors(138_493, 26_744)
+    (16, 150)
+    """
+    return int(min(MAX_DEFAULT_FACTORS, max(1, round(math.sqrt(min(m, n))))))
+
+
+class CodedALS(RecommenderMixin):
     """Coded alternating least squares on a Dask cluster, tolerant of stragglers and faults.
 
     Factorizes R (m x n) into U (m x d) and V (n x d) minimizing ``||R - U V^T||_F^2`` (plus an
     optional ridge term) with the one-factor ALS update of the paper, eq. (12), where the data
     matrix D = R^T R (or R R^T) is stored on the workers in coded form.
 
+    Once fitted (or loaded from a store with :meth:`load`) it is also the model users call:
+    :meth:`recommend`, :meth:`recommend_for_ratings` (fold-in of a new user), :meth:`similar_items`,
+    :meth:`similar_users`, :meth:`recommend_all`, :meth:`save`
+    (:mod:`dask_coded_als.recsys.model`). It follows scikit-learn's conventions: parameters are
+    stored as given by ``__init__`` and checked by ``fit``, :meth:`get_params` and
+    :meth:`set_params` (so ``sklearn.base.clone`` works, without depending on scikit-learn),
+    ``fit`` returns the model, fitted attributes end in ``_``.
+
     Parameters
     ----------
-    n_factors : int
-        d, the latent dimension.
+    n_factors : int or None, default None
+        d, the latent dimension. None takes ``round(sqrt(l))``, l = min(m, n), at most 150
+        (:func:`default_n_factors`): for top-n ranking with this model (PureSVD) the best d grows
+        with the data, and sqrt(l) follows the published points: Cremonesi, Koren and Turrin
+        (RecSys 2010) used d = 50 on MovieLens (about 3,900 movies; sqrt: 62) and d = 150 on
+        Netflix (17,770 movies; sqrt: 133). On the bundled sample (l = 250) it gives 16:
+        precision@10 0.19 on a random 20% hold-out, against 0.22 at the best d (10), 0.12 for
+        popularity, and 0.09 at d = 50 (an exact rank-d SVD, as the fit converges to). An
+        iteration costs time linear in d (``l^2 d`` multiply-adds at the workers).
     n_workers : int, default 8
         W, workers used (the cluster must have at least this many).
     h : int or None
@@ -100,11 +134,29 @@ class CodedALS:
         and runs the products at single-precision speed; the master decodes and does its algebra
         in float64, and the factors agree with float64's to about the decoding's condition
         number times 6e-8 (docs/numerics.md).
+    weighting : {"none", "binary", "bm25"}, default "none"
+        How R is weighted before D is formed (:mod:`dask_coded_als.recsys.weighting`): ``none``
+        for explicit ratings whose value says how much a user liked an item; ``binary`` (every
+        stored entry is 1) for implicit feedback such as plays or clicks, or when only which
+        items a user rated should count; ``bm25`` for implicit counts with a strong popularity
+        bias (popular items and very active users weigh less). The coded scheme is unchanged.
 
     Attributes
     ----------
     user_factors_, item_factors_ : ndarray
-        U (m x d) and V (n x d).
+        U (m x d) and V (n x d), fitted to the weighted R.
+    n_factors_ : int
+        The d used (``n_factors``, or the default it chose).
+    user_ids_, item_ids_ : ndarray
+        The ids of the rows of U and V (``fit``'s ``user_ids`` and ``item_ids``, by default
+        0, 1, ...).
+    titles_ : ndarray or None
+        The items' titles, when given.
+    ratings_ : scipy.sparse.csr_matrix or None
+        R as given (not weighted): the items each user has seen. None after a fit on a dask
+        array.
+    weighting_ : Weighting
+        The weighting with the statistics it took from R (bm25's item weights).
     history_ : list of dict
         One entry per round: ``iteration``, ``time``, ``objective`` (of the factor entering the
         round), ``master_seconds`` (encoding, decoding and d x d algebra at the master),
@@ -153,7 +205,7 @@ class CodedALS:
 
     def __init__(
         self,
-        n_factors: int,
+        n_factors: int | None = None,
         n_workers: int = 8,
         h: int | None = None,
         n_stragglers: int = 0,
@@ -171,6 +223,7 @@ class CodedALS:
         recovery_timeout: float = 30.0,
         verify: int = 0,
         dtype: str = "float64",
+        weighting: str = "none",
     ):
         self.n_factors = n_factors
         self.n_workers = n_workers
@@ -190,16 +243,48 @@ class CodedALS:
         self.recovery_timeout = recovery_timeout
         self.verify = verify
         self.dtype = dtype
+        self.weighting = weighting
+
+    # -- parameters (scikit-learn's protocol) -----------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The parameters given to ``__init__`` (``deep`` is accepted for scikit-learn; there are
+        no nested estimators).
+
+        Examples
+        --------
+        >>> CodedALS(n_factors=8).get_params()["n_factors"]
+        8
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> CodedALS:
+        """Set parameters by name (checked by the next ``fit``); returns the model.
+
+        Examples
+        --------
+        >>> CodedALS().set_params(weighting="bm25", n_factors=32).weighting
+        'bm25'
+        """
+        names = self._param_names()
+        for name, value in params.items():
+            if name not in names:
+                raise InputError(f"CodedALS has no parameter {name!r}; its parameters: {names}")
+            setattr(self, name, value)
+        return self
 
     # -- validation -------------------------------------------------------------------------
     def _settings(self, shape: tuple[int, int]) -> Settings:
         """The parameters checked against the data's shape; resolves the partition."""
         m, n = shape
-        check_int(self.n_factors, "n_factors", 1)
-        if self.n_factors > min(m, n):
-            raise InputError(
-                f"n_factors={self.n_factors} exceeds min(m, n) = {min(m, n)} of the {m} x {n} data"
-            )
+        d = default_n_factors(m, n) if self.n_factors is None else self.n_factors
+        check_int(d, "n_factors", 1)
+        if d > min(m, n):
+            raise InputError(f"n_factors={d} exceeds min(m, n) = {min(m, n)} of the {m} x {n} data")
+        check_weighting(self.weighting)
         check_int(self.n_workers, "n_workers", 1)
         check_int(self.n_stragglers, "n_stragglers", 0)
         if self.n_stragglers >= self.n_workers:
@@ -237,7 +322,7 @@ class CodedALS:
         if self.verify:
             self._check_verify(partition)
         return Settings(
-            n_factors=int(self.n_factors),
+            n_factors=int(d),
             n_workers=int(self.n_workers),
             partition=partition,
             n_stragglers=int(self.n_stragglers),
@@ -313,8 +398,12 @@ class CodedALS:
         checkpoint: Callable[[dict], None] | None = None,
         resume: dict | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        user_ids: Any = None,
+        item_ids: Any = None,
+        titles: Any = None,
     ) -> CodedALS:
-        """Factorize R.
+        """Factorize R (weighted as ``weighting`` says).
 
         Parameters
         ----------
@@ -324,13 +413,15 @@ class CodedALS:
             The cluster to run on. None starts a LocalCluster of ``n_workers`` processes on
             127.0.0.1 and closes it afterwards.
         gram : ndarray, array-like, source or None
-            D = R^T R (m >= n) or R R^T (m < n), if already computed; otherwise it is computed
-            on the cluster. An array that reads from disk on slicing (e.g. a ``zarr.Array``) is
-            read block by block while the shards are placed, and again only to rebuild a lost
-            worker's shard. A *source* (an object with ``shape`` and ``open_array()``, which returns
-            such an array; :func:`dask_coded_als.data.store.gram_source`) is opened by the
-            workers: each builds its own shard from it, so D never passes through this process.
-            Workers that cannot open it (checked first) get their shards from this process.
+            D = R^T R (m >= n) or R R^T (m < n) of the weighted R, if already computed
+            (:func:`dask_coded_als.data.store.compute_gram` with the weighting); otherwise it is
+            computed on the cluster. An array that reads from disk on slicing (e.g. a
+            ``zarr.Array``) is read block by block while the shards are placed, and again only
+            to rebuild a lost worker's shard. A *source* (an object with ``shape`` and
+            ``open_array()``, which returns such an array;
+            :func:`dask_coded_als.data.store.gram_source`) is opened by the workers: each builds
+            its own shard from it, so D never passes through this process. Workers that cannot
+            open it (checked first) get their shards from this process.
         callback : callable or None
             Called with each round's history entry as soon as the round ends.
         checkpoint : callable or None
@@ -345,6 +436,11 @@ class CodedALS:
             Called as ``progress(done, total)`` as the coded shards are placed on the workers
             (workers done of ``n_workers``), before the first round; the rounds are followed by
             ``callback``.
+        user_ids, item_ids : array_like or None
+            The ids of R's rows and columns (ints or strings) that the recommendation methods
+            take and return; default 0, 1, ...
+        titles : array_like or None
+            One title per item, returned with recommendations.
 
         Returns
         -------
@@ -353,6 +449,11 @@ class CodedALS:
         R = _check_data(R)
         m, n = R.shape
         settings = self._settings((m, n))
+        user_ids = check_ids(user_ids, m, "user_ids")[0]
+        item_ids = check_ids(item_ids, n, "item_ids")[0]
+        if titles is not None and len(titles) != n:
+            raise InputError(f"titles has {len(titles)} entries, expected {n}")
+        weighting = fit_weighting(self.weighting, R)
         self.transposed_ = m < n
         size = min(m, n)
         if gram is not None:
@@ -361,11 +462,17 @@ class CodedALS:
                 gram = np.asarray(gram, dtype=np.float64)
             if tuple(gram.shape) != (size, size):
                 raise InputError(f"gram has shape {gram.shape}, expected {(size, size)}")
-        resume = self._check_resume(resume, size)
+        resume = self._check_resume(resume, size, settings.n_factors)
         self.workers_: dict[int, str] = {}
         with cluster_for(client, self.n_workers) as (active, _):
             master = Master(active, settings, callback, checkpoint, self.workers_)
-            result = master.run(R, gram, resume, progress)
+            result = master.run(weighting.apply(R), gram, resume, progress)
+        self.n_factors_ = settings.n_factors
+        self.weighting_ = weighting
+        self.user_ids_ = user_ids
+        self.item_ids_ = item_ids
+        self.titles_ = None if titles is None else np.asarray(titles, dtype=object)
+        self.ratings_ = None if hasattr(R, "dask") else sp.csr_matrix(R)
         self.user_factors_ = result.user_factors
         self.item_factors_ = result.item_factors
         self.history_ = result.history
@@ -382,7 +489,7 @@ class CodedALS:
         self.rates_ = result.rates
         return self
 
-    def _check_resume(self, resume: dict | None, size: int) -> dict | None:
+    def _check_resume(self, resume: dict | None, size: int, d: int) -> dict | None:
         if resume is None:
             return None
         try:
@@ -391,10 +498,10 @@ class CodedALS:
             history = list(resume["history"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the state to resume from is incomplete ({exc})") from None
-        if B.shape != (size, self.n_factors) or not np.all(np.isfinite(B)):
+        if B.shape != (size, d) or not np.all(np.isfinite(B)):
             raise InputError(
                 f"the state to resume from has a factor of shape {B.shape}, expected "
-                f"{(size, self.n_factors)} and finite"
+                f"{(size, d)} and finite"
             )
         if not 0 <= iteration <= self.max_iter or len(history) != iteration:
             raise InputError(

@@ -10,7 +10,6 @@ from typing import Any
 
 from distributed import Client
 
-from dask_coded_als._util import jsonable
 from dask_coded_als.data import store as stores
 from dask_coded_als.data.ingest import IngestReport, ingest
 from dask_coded_als.recsys.evaluation import (
@@ -19,7 +18,6 @@ from dask_coded_als.recsys.evaluation import (
     split_ratings,
     split_spec,
 )
-from dask_coded_als.recsys.recommend import recommend_by_id
 
 __all__ = ["FlowResult", "run_flow"]
 
@@ -58,27 +56,15 @@ def run_flow(
     store = stores.open_store(store_path)
     spec = split_spec("random", test_fraction, seed)
     train, test = split_ratings(stores.ratings_matrix(store), spec)
-    model.fit(train, client=client)
-    stores.write_factors(
-        store,
-        model.user_factors_,
-        model.item_factors_,
-        {
-            "parameters": jsonable({k: v for k, v in vars(model).items() if not k.endswith("_")}),
-            "history": jsonable(model.history_),
-            "split": spec,
-        },
-    )
-    rows = recommend_by_id(
-        store.user_ids,
-        store.item_ids,
-        model.user_factors_,
-        model.item_factors_,
+    model.fit(
         train,
-        store.user_ids[0],
-        n=n_recommendations,
+        client=client,
+        user_ids=store.user_ids,
+        item_ids=store.item_ids,
         titles=store.titles,
     )
+    model.save(store, {"split": spec})
+    rows = model.recommend(store.user_ids[0], n=n_recommendations)
     metrics = {
         "model": evaluate_factors(model.user_factors_, model.item_factors_, train, test, k=k),
         "popularity": evaluate_popularity(train, test, k=k),

@@ -28,7 +28,14 @@ from dask_coded_als._util import check_int
 from dask_coded_als.errors import InputError
 from dask_coded_als.recsys.topk import top_k
 
-__all__ = ["recommend", "recommend_by_id", "similar_by_id", "similar_items"]
+__all__ = [
+    "IdIndex",
+    "as_records",
+    "recommend",
+    "recommend_by_id",
+    "similar_by_id",
+    "similar_items",
+]
 
 Titles = Sequence[Any] | Mapping[Any, Any] | np.ndarray
 
@@ -122,31 +129,58 @@ def recommend(
     return candidates[order].astype(np.int64), scores[order]
 
 
-def _lookup(ids: Any, value: Any, kind: str) -> int:
-    """Row position of ``value`` in ``ids``, comparing in the dtype of ``ids``."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise InputError(f"{kind} ids must be 1-D, got shape {arr.shape}")
+def _key(arr: np.ndarray, value: Any, kind: str) -> Any:
+    """``value`` as a key in the dtype of ``arr``: an int for integer ids (``"42"`` is 42), a
+    str otherwise; an InputError for a value that cannot be such an id."""
     if arr.dtype.kind in "iu":
-        key: Any
         if isinstance(value, bool):
             raise InputError(f"unknown {kind} id {value}")
         if isinstance(value, numbers.Integral):
-            key = int(value)
-        elif isinstance(value, str | bytes):
+            return int(value)
+        if isinstance(value, str | bytes):
             try:
-                key = int(value)
+                return int(value)
             except ValueError:
                 raise InputError(f"unknown {kind} id {value}") from None
-        else:
-            raise InputError(f"unknown {kind} id {value}")
-        hits = np.flatnonzero(arr == key)
-    else:
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        hits = np.flatnonzero(arr.astype(str) == text)
-    if hits.size == 0:
         raise InputError(f"unknown {kind} id {value}")
-    return int(hits[0])
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class IdIndex:
+    """Row positions of external ids, compared in the dtype of the ids (see the module docs).
+
+    Examples
+    --------
+    >>> index = IdIndex(np.array([10, 20, 30]), "item")
+    >>> index.position("20"), index.positions([30, 10]).tolist()
+    (1, [2, 0])
+    """
+
+    def __init__(self, ids: Any, kind: str) -> None:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise InputError(f"{kind} ids must be 1-D, got shape {arr.shape}")
+        self.ids = arr
+        self.kind = kind
+        self._positions: dict[Any, int] | None = None
+
+    def position(self, value: Any) -> int:
+        """The row of ``value``; ``unknown <kind> id X`` when there is none (the first of
+        repeated ids)."""
+        if self._positions is None:
+            keys = self.ids.tolist() if self.ids.dtype.kind in "iu" else self.ids.astype(str)
+            positions: dict[Any, int] = {}
+            for position, key in enumerate(keys):
+                positions.setdefault(key, position)
+            self._positions = positions
+        found = self._positions.get(_key(self.ids, value, self.kind))
+        if found is None:
+            raise InputError(f"unknown {self.kind} id {value}")
+        return found
+
+    def positions(self, values: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """The rows of several ids, as int64."""
+        return np.array([self.position(v) for v in values], dtype=np.int64)
 
 
 def _title(titles: Titles | None, item_id: Any, position: int) -> Any:
@@ -157,17 +191,30 @@ def _title(titles: Titles | None, item_id: Any, position: int) -> Any:
     return titles[position]
 
 
-def _records(
-    item_ids: np.ndarray, positions: np.ndarray, scores: np.ndarray, titles: Titles | None
+def as_records(
+    ids: np.ndarray,
+    positions: np.ndarray,
+    scores: np.ndarray,
+    titles: Titles | None = None,
+    kind: str = "item",
 ) -> list[dict[str, Any]]:
+    """Rows ``positions`` with their scores as ``{"item_id", "score", "title"}`` records (for
+    ``kind="user"``: ``{"user_id", "score"}``), ids as plain Python values.
+
+    Examples
+    --------
+    >>> as_records(np.array([7, 9]), np.array([1]), np.array([0.5]), ["a", "b"])
+    [{'item_id': 9, 'score': 0.5, 'title': 'b'}]
+    """
     out = []
     for position, score in zip(positions.tolist(), scores.tolist(), strict=True):
-        item_id = item_ids[position]
-        if isinstance(item_id, np.generic):
-            item_id = item_id.item()
-        out.append(
-            {"item_id": item_id, "score": float(score), "title": _title(titles, item_id, position)}
-        )
+        row_id = ids[position]
+        if isinstance(row_id, np.generic):
+            row_id = row_id.item()
+        record = {f"{kind}_id": row_id, "score": float(score)}
+        if kind == "item":
+            record["title"] = _title(titles, row_id, position)
+        out.append(record)
     return out
 
 
@@ -230,9 +277,9 @@ def recommend_by_id(
     users = _check_ids(user_ids, u.shape[0], "user")
     items = _check_ids(item_ids, v.shape[0], "item")
     _check_titles(titles, items.shape[0])
-    user = _lookup(users, user_id, "user")
+    user = IdIndex(users, "user").position(user_id)
     positions, scores = recommend(u, v, ratings_csr, user, n=n, exclude_rated=exclude_rated)
-    return _records(items, positions, scores, titles)
+    return as_records(items, positions, scores, titles)
 
 
 def similar_items(
@@ -325,6 +372,6 @@ def similar_by_id(
     v = _check_factors(item_factors, "item_factors")
     items = _check_ids(item_ids, v.shape[0], "item")
     _check_titles(titles, items.shape[0])
-    item = _lookup(items, item_id, "item")
+    item = IdIndex(items, "item").position(item_id)
     positions, scores = similar_items(v, item, n=n)
-    return _records(items, positions, scores, titles)
+    return as_records(items, positions, scores, titles)

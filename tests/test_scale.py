@@ -111,6 +111,24 @@ def test_a_source_that_is_not_finite_is_a_clear_error(client, tmp_path):
         )
 
 
+@pytest.mark.parametrize("shape", [(40, 25), (20, 45)], ids=["tall", "wide"])
+@pytest.mark.parametrize("name", ["binary", "bm25"])
+def test_d_of_a_weighted_r_on_the_workers_equals_the_local_one(client, tmp_path, shape, name):
+    from dask_coded_als.recsys.weighting import fit_weighting
+
+    path = make_store(tmp_path, *shape, 400)
+    weighting = fit_weighting(name, stores.ratings_matrix(path))
+    local, transposed = stores.compute_gram(path, weighting=weighting, column_block=9)
+    assert (
+        stores.compute_gram_on_cluster(path, client, overwrite=True, weighting=weighting, block=7)
+        == transposed
+    )
+    np.testing.assert_array_equal(stores.gram_array(path, name)[0][...], local)
+    assert sorted(p.name for p in (path / "gram").iterdir()) == ["D", "zarr.json"]
+    with pytest.raises(InputError, match="weighting='binary'|weighting='bm25'"):
+        stores.gram_source(path)  # a D of the weighted R is not the D of R
+
+
 # -- float32 ---------------------------------------------------------------------------------------
 
 

@@ -11,15 +11,17 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 
 from dask_coded_als import __version__
 from dask_coded_als._util import one_line
-from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend
+from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend, verify
 from dask_coded_als.cli.options import EXIT_CODES, Parser, as_flags
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
-COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo)
+COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES[code]
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _notes(prog, warnings.showwarning)
+            return args.func(args)
     except NumericalError as exc:
         return fail("numerical error: ", exc, "numerical")
     except ClusterError as exc:
@@ -71,3 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES["interrupt"]
     except Exception as exc:  # the promise is one line, never a traceback
         return fail(f"internal error: {type(exc).__name__}: ", exc, "internal")
+
+
+def _notes(prog: str, show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints the package's notes (a store without checksums) as
+    one line, and passes every other warning on to ``show``."""
+    from dask_coded_als.data.checksums import UncheckedStoreWarning
+
+    def note(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, UncheckedStoreWarning):
+            print(f"{prog}: note: {as_flags(str(message))}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return note

@@ -64,6 +64,7 @@ def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
+    from dask_coded_als.data.verify import check_gram
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         }
         stores.write_checkpoint(store, state["B"], attrs)
 
+    if store.has_gram:  # a damaged D must not become other factors: refused before any cluster
+        check_gram(store, *stores.gram_array(store), R)
     with client_from_args(args, args.workers) as client:
         # D is computed only once a cluster is there, so a failed connection leaves the store
         # as it was; the fit reads D from disk block by block.

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The words as typed, for messages that give a command to run next (fit --resume).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         # distributed logs worker restarts and cancelled tasks; the engine reports what matters.
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        # (distributed.client has its own level and handler: a lost scheduler logs there.)
+        for name in ("distributed", "distributed.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     from dask_coded_als.errors import ClusterError, InputError, NumericalError
 
     prog = parser.prog

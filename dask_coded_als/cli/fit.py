@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -62,9 +63,21 @@ def _resume_state(store: Any, fingerprint: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"{store.path}: the checkpoint is corrupt (incomplete state)") from None
 
 
+def _resume_hint(args: argparse.Namespace, iteration: int) -> str:
+    """What to run once the cluster is back, after a fit cut short by a cluster error."""
+    words = [word for word in getattr(args, "argv", []) if word not in ("-v", "--verbose")]
+    command = (
+        shlex.join(["dask-coded-als", *words, *([] if "--resume" in words else ["--resume"])])
+        if words
+        else "the same command with --resume"
+    )
+    return f"the checkpoint holds iteration {iteration}; to continue from it run: {command}"
+
+
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
     from dask_coded_als.data.verify import check_gram
+    from dask_coded_als.errors import ClusterError
 
     store = stores.open_store(args.store)
     R = stores.ratings_matrix(store)
@@ -76,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None:
         print(f"resuming from the checkpoint at iteration {resume['iteration']}", file=sys.stderr)
 
+    # the iteration of the checkpoint in the store, for the message of a fit cut short
+    saved = {"iteration": None if resume is None else resume["iteration"]}
+
     def checkpoint(state: dict) -> None:
         attrs = {
             "fingerprint": fingerprint,
@@ -83,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             "history": jsonable(state["history"]),
         }
         stores.write_checkpoint(store, state["B"], attrs)
+        saved["iteration"] = state["iteration"]
 
     if store.has_gram:  # a damaged D must not become other factors: refused before any cluster
         check_gram(store, *stores.gram_array(store), R)
@@ -92,15 +109,20 @@ def run(args: argparse.Namespace) -> int:
         if not store.has_gram:
             stores.compute_gram(store)
         D = stores.gram_array(store)[0]
-        model.fit(
-            R,
-            client=client,
-            gram=D,
-            callback=None if args.json else progress(),
-            checkpoint=checkpoint,
-            resume=resume,
-        )
-    params = {k: v for k, v in vars(args).items() if k not in ("func", "json")}
+        try:
+            model.fit(
+                R,
+                client=client,
+                gram=D,
+                callback=None if args.json else progress(),
+                checkpoint=checkpoint,
+                resume=resume,
+            )
+        except ClusterError as exc:
+            if saved["iteration"] is None:
+                raise  # nothing to resume from
+            raise ClusterError(f"{exc}; {_resume_hint(args, saved['iteration'])}") from None
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "json", "argv")}
     stores.write_factors(
         store,
         model.user_factors_,

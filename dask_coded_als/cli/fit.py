@@ -77,6 +77,7 @@ def _resume_hint(args: argparse.Namespace, iteration: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
     from dask_coded_als.data.verify import check_gram
+    from dask_coded_als.engine import memory
     from dask_coded_als.errors import ClusterError
 
     store = stores.open_store(args.store)
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         # D is computed only once a cluster is there, so a failed connection leaves the store
         # as it was; the fit reads D from disk block by block.
         if not store.has_gram:
+            memory.check_gram_here(min(R.shape))  # D is formed in this process
             stores.compute_gram(store)
         D = stores.gram_array(store)[0]
         try:

@@ -44,7 +44,7 @@ from dask_coded_als._util import one_line
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.theory import ClusterRates
 from dask_coded_als.data.gram import block_gram, sum_parts, tree_sum
-from dask_coded_als.engine import tasks
+from dask_coded_als.engine import memory, tasks
 from dask_coded_als.engine.calibration import measure_rates
 from dask_coded_als.engine.cluster import worker_addresses
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
@@ -181,6 +181,7 @@ class Master:
                 lambda w: self.address[w],
             )
             try:
+                self._check_memory(min(R.shape), gram is None)  # before D or any shard exists
                 with self.timings.phase("gram"):
                     D = gram
                     if D is None:
@@ -188,6 +189,7 @@ class Master:
                 if s.partition == "auto":
                     with self.timings.phase("calibration"):
                         self._choose_partition(int(D.shape[0]))
+                    self._check_memory(int(D.shape[0]), False)
                 scheme = make_scheme(self, D)
                 del D
                 size = scheme.size
@@ -327,6 +329,23 @@ class Master:
         return np.asarray(product)
 
     # -- workers and shards --------------------------------------------------------------------
+    def _check_memory(self, size: int, gram_on_cluster: bool) -> None:
+        """Refuse at once a fit whose D or shards cannot fit in memory (engine/memory.py)."""
+        s = self.settings
+        if gram_on_cluster:  # D comes back to this process
+            memory.check_gram_here(size)
+        memory.check_workers(
+            self.client,
+            [self.address[w] for w in sorted(self.address)],
+            size,
+            s.n_factors,
+            s.mode,
+            None if s.partition == "auto" else s.partition,
+            s.n_stragglers,
+            s.points,
+            gram_on_cluster,
+        )
+
     def _check_scheduler(self, exc: BaseException | None = None) -> None:
         """Raise ClusterError when the client has lost its scheduler.
 

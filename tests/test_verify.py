@@ -252,21 +252,27 @@ def test_check_gram_accepts_a_sound_d(which, request):
 
 
 @pytest.mark.parametrize(
-    ("change", "entry"),
+    ("change", "probes", "found"),
     [
-        (set_entry(5, 5, 1e3), "D[5, 5] = 1000"),
-        (set_entry(3, 37, 0.5, symmetric=True), "D[3, 37] = 0.5"),
-        (set_entry(37, 3, -1.0), "D[37, 3] = -1"),
+        (set_entry(5, 5, 1e3), 0, "gram/D's diagonal differs from the column sums of squares"),
+        (set_entry(3, 5, 1e3), 0, "gram/D is not symmetric in chunk 0,0: D[3, 5] = 1000"),
+        (set_entry(37, 3, -1.0), 3, "gram/D is not symmetric in chunks 0,2 and 2,0: D[3, 37]"),
+        (set_entry(37, 3, -1.0), 0, None),  # its chunk is not probed
+        (set_entry(30, 30, np.inf), 0, "array 'gram/D' chunk 1,1 is damaged (NaN or infinite"),
     ],
 )
-def test_check_gram_refuses_a_wrong_d(store, change, entry):
-    _chunked_gram(store, 16, change)  # off-diagonal chunks: every probe pair of 3 x 3 is read
+def test_check_gram_refuses_a_damaged_d(store, change, probes, found):
+    _chunked_gram(store, 16, change)  # 3 x 3 chunks: 3 probes read every pair
     st = open_store(store)
+    args = (st, *gram_array(st), ratings_matrix(st), probes)
+    if found is None:
+        check_gram(*args)
+        return
     with pytest.raises(InputError) as info:
-        check_gram(st, *gram_array(st), ratings_matrix(st), probes=3)
+        check_gram(*args)
     message = str(info.value)
-    assert message.startswith(f"{store}: gram/D is damaged: {entry} but R^T R gives"), message
-    assert "remove the store's gram/" in message
+    assert message.startswith(f"{store}: ") and found in message, message
+    assert message.endswith("remove the store's gram/ and run fit to compute D again")
 
 
 def test_fit_refuses_a_damaged_d_before_any_cluster_starts(store, capsys, monkeypatch):
@@ -281,4 +287,5 @@ def test_fit_refuses_a_damaged_d_before_any_cluster_starts(store, capsys, monkey
     assert time.perf_counter() - begin < 10
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "note:" in lines[0], err
-    assert "error: " in lines[1] and "gram/D is damaged: D[5, 5]" in lines[1], err
+    assert "error: " in lines[1] and "gram/D's diagonal differs" in lines[1], err
+    assert "(D[5, 5] = " in lines[1] and "R gives " in lines[1], err

@@ -6,8 +6,8 @@
   symmetric, its diagonal the column sums of squares of R (row sums when D = R R^T) and D x
   equal to R^T (R x) for a random x, factors and checkpoint finite and of the store's shapes.
   It is what ``dask-coded-als verify`` runs: one line per problem.
-- :func:`check_gram` is the cheap part for a fit: every diagonal chunk of D and a few random
-  off-diagonal chunks (with their mirror) compared with the same blocks of R^T R computed from R.
+- :func:`check_gram` is the cheap part, for a fit: D's diagonal chunks (the diagonal against R)
+  and a few random off-diagonal chunks, each compared with its mirror.
 
 Comparisons allow for rounding (:data:`RTOL` of the Cauchy-Schwarz bound
 ``|D_ij| <= sqrt(D_ii D_jj)``); a bit flipped below that is the checksums' to find.
@@ -27,6 +27,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from dask_coded_als.data.checksums import (
+    CheckedArray,
     UncheckedStoreWarning,
     chunk_slices,
     damaged,
@@ -235,12 +236,18 @@ def _check_gram_group(st: RatingsStore, D: zarr.Array, R: sp.csr_matrix | None, 
             f"{st.path}: gram/D has shape {D.shape}, expected ({side}, {side}); {hint('gram/D')}"
         )
         return
-    if D.chunks[0] != D.chunks[1]:
-        bad.append(
-            f"{st.path}: gram/D has chunks {D.chunks}, the layout's are square; {hint('gram/D')}"
-        )
+    square = _square_chunks(st.path, D)
+    if square is not None:
+        bad.append(square)
         return
     _scan_gram(st.path, D, _factor_of_gram(R, transposed), transposed, report)
+
+
+def _square_chunks(path: Path, D: zarr.Array) -> str | None:
+    """The problem of a D whose chunks are not square (the scan reads mirrored chunks)."""
+    if D.chunks[0] == D.chunks[1]:
+        return None
+    return f"{path}: gram/D has chunks {D.chunks}, the layout's are square; {hint('gram/D')}"
 
 
 def _factor_of_gram(R: sp.csr_matrix | None, transposed: bool) -> sp.csc_matrix | None:
@@ -251,13 +258,22 @@ def _factor_of_gram(R: sp.csr_matrix | None, transposed: bool) -> sp.csc_matrix 
 
 
 def _scan_gram(
-    path: Path, D: zarr.Array, X: sp.csc_matrix | None, transposed: bool, report: Report
+    path: Path,
+    D: zarr.Array,
+    X: sp.csc_matrix | None,
+    transposed: bool,
+    report: Report,
+    pairs: list[tuple[int, int]] | None = None,
 ) -> None:
-    """Every chunk of D once: checksums, finite, symmetric (the diagonal chunks first, then
-    the others in mirrored pairs); then its diagonal and D x for a random x against X = R (R^T
-    when D = R R^T), when the ratings were sound."""
+    """Read D's chunks once each: checksums, finite, symmetric (the diagonal chunks, then the
+    off-diagonal chunks (a, b), a < b, of ``pairs`` (all by default) with their mirrors); then
+    D's diagonal against X = R (R^T when D = R R^T), and, when every chunk was read, D x for a
+    random x against X^T (X x). Nothing is compared with X once a problem is found in D."""
     n, step = D.shape[0], D.chunks[0]
     g = D.cdata_shape[0]
+    every = pairs is None
+    if pairs is None:
+        pairs = [(a, b) for a in range(g) for b in range(a + 1, g)]
     x = np.random.default_rng().standard_normal(n)
     Dx = np.zeros(n)
     diag = np.full(n, np.nan)
@@ -275,15 +291,18 @@ def _scan_gram(
         return block
 
     def symmetric(a: int, b: int, upper: np.ndarray, lower: np.ndarray) -> None:
+        nonlocal sound
         rows, cols = _span(a, step, n), _span(b, step, n)
+        diff = np.abs(upper - lower.T)
+        if not diff.any():
+            return  # exactly symmetric, as D is computed
         if np.isnan(diag[rows]).any() or np.isnan(diag[cols]).any():
             return  # a diagonal chunk is damaged (reported): no scale to compare with
-        tol = RTOL * np.sqrt(np.abs(np.outer(diag[rows], diag[cols])))
-        off = ~(np.abs(upper - lower.T) <= tol)
+        scale = np.sqrt(np.abs(diag))
+        off = ~(diff <= RTOL * np.outer(scale[rows], scale[cols]))
         if a == b:
             off = np.triu(off, 1)  # (i, j) and (j, i) are one problem
         if np.any(off):
-            nonlocal sound
             sound = False
             i, j = (int(k) for k in np.argwhere(off)[0])
             where = f"chunk {a},{a}" if a == b else f"chunks {a},{b} and {b},{a}"
@@ -301,18 +320,16 @@ def _scan_gram(
             diag[rows] = np.diag(block)
             symmetric(a, a, block, block)
             Dx[rows] += block @ x[rows]
-    for a in range(g):
-        rows = _span(a, step, n)
-        for b in range(a + 1, g):
-            cols = _span(b, step, n)
-            upper, lower = chunk(a, b), chunk(b, a)
-            if upper is None or lower is None:
-                continue
-            symmetric(a, b, upper, lower)
-            Dx[rows] += upper @ x[cols]
-            Dx[cols] += lower @ x[rows]
+    for a, b in pairs:
+        rows, cols = _span(a, step, n), _span(b, step, n)
+        upper, lower = chunk(a, b), chunk(b, a)
+        if upper is None or lower is None:
+            continue
+        symmetric(a, b, upper, lower)
+        Dx[rows] += upper @ x[cols]
+        Dx[cols] += lower @ x[rows]
     if X is None or not sound:
-        return  # what is wrong is said; D x would only say it again
+        return  # what is wrong is said; comparing with R would only say it again
     expected = np.asarray(X.multiply(X).sum(axis=0)).ravel()
     wrong = ~(np.abs(diag - expected) <= RTOL * expected)
     if np.any(wrong):
@@ -323,6 +340,8 @@ def _scan_gram(
             f"{int(wrong.sum())} entries (D[{i}, {i}] = {diag[i]:.6g}, R gives "
             f"{expected[i]:.6g}); {hint('gram/D')}"
         )
+        return
+    if not every:
         return
     y = X @ x
     exact = X.T @ y
@@ -389,24 +408,26 @@ def _check_factors(st: RatingsStore, values: dict, report: Report) -> None:
 
 def check_gram(
     store: RatingsStore,
-    D: Any,
+    D: CheckedArray | zarr.Array,
     transposed: bool,
     R: sp.spmatrix,
     probes: int = PROBES,
     rng: np.random.Generator | None = None,
 ) -> None:
-    """Before a fit uses the stored D: compare every diagonal chunk, and ``probes`` random
-    off-diagonal chunks with their mirrors, with the same blocks of R^T R (R R^T) from R.
+    """Before a fit uses the stored D: its diagonal chunks (finite, symmetric, the diagonal
+    equal to R's sums of squares) and ``probes`` random off-diagonal chunks, each compared with
+    its mirror.
 
-    Reads about ``(1 + 2 probes / g)`` of D's chunk rows' worth of data for a D of ``g x g``
-    chunks, and computes only those blocks of R^T R.
+    Damage on disk (a flipped bit, a chunk cut short or overwritten) changes one of two mirrored
+    entries, so a probed pair finds it; D as a whole is compared with R by
+    :func:`verify_store`. Reads ``g + 2 probes`` of the ``g x g`` chunks of D.
 
     Parameters
     ----------
     store : RatingsStore
-        For the message.
-    D : array_like
-        The stored D (:func:`~dask_coded_als.data.store.gram_array`), sliced block by block.
+        The store D belongs to.
+    D : CheckedArray or zarr.Array
+        The stored D (:func:`~dask_coded_als.data.store.gram_array`).
     transposed : bool
         D = R R^T.
     R : scipy.sparse matrix
@@ -418,30 +439,18 @@ def check_gram(
     Raises
     ------
     InputError
-        A block of D that is not finite or differs from R's, naming the entry.
+        The first problem found, in one line (see :func:`verify_store`).
     """
-    n = D.shape[0]
-    step = int(getattr(D, "chunks", (n,))[0]) or 1
-    X = _factor_of_gram(R, transposed)
-    scale = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
-    starts = list(range(0, n, step))
-    pairs = [(a, b) for i, a in enumerate(starts) for b in starts[i + 1 :]]
+    arr = getattr(D, "zarr", D)
+    report = Report(store.path)
+    square = _square_chunks(store.path, arr)
+    if square is not None:
+        raise InputError(square)
+    g = arr.cdata_shape[0]
+    pairs = [(a, b) for a in range(g) for b in range(a + 1, g)]
     rng = np.random.default_rng() if rng is None else rng
-    chosen = rng.choice(len(pairs), size=min(probes, len(pairs)), replace=False) if pairs else []
-    blocks = [(a, a) for a in starts]
-    for k in chosen:
-        a, b = pairs[int(k)]
-        blocks += [(a, b), (b, a)]
-    for a, b in blocks:
-        rows, cols = slice(a, min(a + step, n)), slice(b, min(b + step, n))
-        got = np.asarray(D[rows, cols], dtype=np.float64)
-        exact = (X[:, rows].T @ X[:, cols]).toarray()
-        wrong = ~(np.abs(got - exact) <= RTOL * np.outer(scale[rows], scale[cols]))
-        if np.any(wrong):
-            i, j = (int(k) for k in np.argwhere(wrong)[0])
-            product = "R R^T" if transposed else "R^T R"
-            raise InputError(
-                f"{store.path}: gram/D is damaged: D[{a + i}, {b + j}] = {got[i, j]:.6g} but "
-                f"{product} gives {exact[i, j]:.6g} ({int(wrong.sum())} entries of that block "
-                f"differ); {hint('gram/D')}"
-            )
+    chosen = rng.choice(len(pairs), size=min(probes, len(pairs)), replace=False)
+    probed = [pairs[int(k)] for k in sorted(chosen)]
+    _scan_gram(store.path, arr, _factor_of_gram(R, transposed), transposed, report, probed)
+    if report.problems:
+        raise InputError(report.problems[0])

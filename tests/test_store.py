@@ -431,6 +431,8 @@ def test_every_array_written_carries_a_checksum(tall_copy):
         ("checkpoint/B", read_checkpoint, truncate, "fit again from the start"),
         ("ratings/item", ratings_matrix, truncate, "ingest the source again"),
         ("by_item/user", lambda p: ratings_dask(p, transpose=True).compute(), flip_bit, "ingest"),
+        ("ratings/rating", ratings_matrix, Path.unlink, "(chunk file missing); ingest"),
+        ("gram/D", load_gram, Path.unlink, "(chunk file missing); remove the store's gram/"),
     ],
 )
 def test_a_damaged_chunk_is_named(tall_copy, name, read, harm, hint):

@@ -3,7 +3,7 @@
 Every array the package writes ends its codec chain with Zarr v3's ``crc32c`` codec: each chunk
 file carries the CRC-32C of its (compressed) bytes, and Zarr refuses a chunk whose bytes do not
 match. Chunks are written even when they hold only the fill value, so a chunk file that is
-missing is damage too (:func:`verify_chunks` reports it; a plain read would return zeros).
+missing is damage too (where Zarr alone would read the fill value).
 
 Reading goes through :func:`read` (or a :class:`CheckedArray`): a chunk that cannot be decoded,
 whatever the codec says (a checksum mismatch, a Zstd error, a wrong size), becomes an
@@ -191,10 +191,11 @@ def read(arr: zarr.Array, selection: Any, path: str | os.PathLike, name: str) ->
     Raises
     ------
     InputError
-        A chunk's checksum does not match, or its bytes cannot be decoded.
+        A chunk's checksum does not match, its bytes cannot be decoded, or (in an array with
+        checksums, which writes every chunk) its file is missing: Zarr would read the fill value.
     """
     try:
-        return arr[selection]
+        values = arr[selection]
     except IndexError:
         raise  # a wrong selection is the caller's bug, not damage
     except Exception as first:  # codecs raise ValueError, RuntimeError and more on bad bytes
@@ -205,6 +206,18 @@ def read(arr: zarr.Array, selection: Any, path: str | os.PathLike, name: str) ->
             except Exception as exc:
                 raise InputError(damaged(path, name, chunk, _why(exc))) from None
         raise InputError(damaged(path, name, None, _why(first))) from None
+    if has_checksums(arr):
+        for chunk in _chunks_in(arr, selection):
+            if not _chunk_path(arr, path, name, chunk).is_file():
+                raise InputError(damaged(path, name, chunk, "chunk file missing"))
+    return values
+
+
+def _chunk_path(
+    arr: zarr.Array, path: str | os.PathLike, name: str, chunk: tuple[int, ...]
+) -> Path:
+    """The file of a chunk in a local store."""
+    return Path(path) / name / arr.metadata.encode_chunk_key(chunk)
 
 
 def verify_chunks(
@@ -225,10 +238,7 @@ def read_chunk(
 ) -> tuple[np.ndarray | None, str | None]:
     """One chunk of ``arr``: ``(values, None)``, or ``(None, problem)`` when it is missing (an
     array with checksums writes every chunk) or damaged."""
-    if (
-        has_checksums(arr)
-        and not (Path(path) / name / arr.metadata.encode_chunk_key(chunk)).is_file()
-    ):
+    if has_checksums(arr) and not _chunk_path(arr, path, name, chunk).is_file():
         return None, damaged(path, name, chunk, "chunk file missing")
     try:
         return np.asarray(arr[chunk_slices(arr, chunk)]), None

@@ -170,11 +170,15 @@ def worker_memory(client: Any, addresses: Iterable[str]) -> tuple[list[WorkerMem
             ask.setdefault(w.host, w.address)
     hosts = {}
     if ask:
-        answers = client.run(_available, workers=list(ask.values()), on_error="return")
+        import psutil
+
+        # psutil's own function: one of this package would be imported on the worker's event
+        # loop, blocking a fresh worker for seconds.
+        answers = client.run(psutil.virtual_memory, workers=list(ask.values()), on_error="return")
         for host, address in ask.items():
             value = answers.get(address)
-            if isinstance(value, tuple):
-                hosts[host] = value
+            if hasattr(value, "available"):
+                hosts[host] = (int(value.available), int(value.total))
     return workers, hosts
 
 

@@ -95,10 +95,9 @@ def create_array(
     )
 
 
-def has_checksums(arr: zarr.Array | CheckedArray) -> bool:
+def has_checksums(arr: zarr.Array) -> bool:
     """Whether the array's codecs include ``crc32c``."""
-    raw = arr.zarr if isinstance(arr, CheckedArray) else arr
-    return any(isinstance(codec, Crc32cCodec) for codec in getattr(raw.metadata, "codecs", ()))
+    return any(isinstance(codec, Crc32cCodec) for codec in getattr(arr.metadata, "codecs", ()))
 
 
 def note_unchecked(path: str | os.PathLike, arrays: list[str]) -> None:
@@ -268,11 +267,3 @@ class CheckedArray:
         if attr == "zarr":  # not set yet (unpickling): no recursion
             raise AttributeError(attr)
         return getattr(self.zarr, attr)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.zarr.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.zarr.shape)

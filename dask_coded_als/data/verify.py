@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import zarr
 from zarr.storage import LocalStore
 
+from dask_coded_als._util import one_line
 from dask_coded_als.data.checksums import (
     CheckedArray,
     UncheckedStoreWarning,
@@ -90,7 +91,7 @@ def verify_store(path: str | os.PathLike) -> Report:
         root = zarr.open_group(LocalStore(st.path, read_only=True), mode="r")
         members = sorted(root.members(max_depth=None), key=lambda m: m[0])
     except Exception as exc:  # damaged metadata of a group or an array
-        report.problems.append(f"{st.path}: cannot list the store's arrays ({exc})")
+        report.problems.append(f"{st.path}: cannot list the store's arrays ({one_line(exc)})")
         return report
     arrays: dict[str, zarr.Array] = {}
     for name, member in members:
@@ -379,7 +380,7 @@ def _check_factors(st: RatingsStore, values: dict, report: Report) -> None:
         try:
             attrs = _group_attrs(st, group)
         except Exception as exc:  # damaged group metadata
-            bad.append(f"{st.path}: cannot open {group}/ ({exc}); {hint(group)}")
+            bad.append(f"{st.path}: cannot open {group}/ ({one_line(exc)}); {hint(group)}")
             continue
         if attrs.get("ingest_id") != st.attrs.get("ingest_id"):
             bad.append(f"{st.path}: {group}/ belongs to another ingest; {hint(group)}")

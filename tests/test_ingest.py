@@ -21,10 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import zarr
+from damage import chunk_file, flip_bit, truncate
 from support import SAMPLE, load_generator
 
 import dask_coded_als
 from dask_coded_als.cli import EXIT_CODES, build_parser, main
+from dask_coded_als.data import checksums
 from dask_coded_als.data import ingest as ingest_mod
 from dask_coded_als.data.ingest import FORMAT_NAMES, IngestReport, ingest, ingest_dataframe
 from dask_coded_als.data.store import open_store, ratings_matrix, write_factors
@@ -1143,3 +1145,49 @@ def test_generator_streams_in_blocks(tmp_path):
     assert a["ratings"].read_bytes() == b["ratings"].read_bytes()
     lines = a["ratings"].read_text().splitlines()
     assert lines[1] == f"{users[0]},{items[0]},{ratings[0]},{stamps[0]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Checksums
+
+
+def test_every_array_and_chunk_is_written_with_a_checksum(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest_mod, "_ARRAY_CHUNK", 4)
+    # user 1's ratings have timestamp 0: a chunk of the timestamps holds only the fill value
+    src = write(
+        tmp_path / "r.csv", HEADER + "".join(f"1,{i},3,0\n" for i in range(1, 6)) + "2,7,4,9\n"
+    )
+    movies = write(tmp_path / "movies.csv", "movieId,title\n1,One\n7,Seven\n")
+    ingest(src, tmp_path / "s.zarr", movies=movies)
+    root = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    arrays = {n: a for n, a in root.members(max_depth=None) if isinstance(a, zarr.Array)}
+    assert {"ids/titles", "ratings/timestamp", "by_item/rating"} <= set(arrays)
+    for name, arr in arrays.items():
+        assert checksums.has_checksums(arr), name
+        for c in range(arr.cdata_shape[0]):
+            assert chunk_file(tmp_path / "s.zarr", name, (c,)).is_file(), (name, c)
+    assert open_store(tmp_path / "s.zarr").array("ratings/timestamp")[:4].tolist() == [0] * 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "harm", "hint"),
+    [
+        (["fit", "{store}", "--factors", "2"], "ratings/rating", truncate, "ingest the source"),
+        (["recommend", "{store}", "--user", "1"], "ids/items", flip_bit, "ingest the source"),
+        (["recommend", "{store}", "--user", "1"], "factors/V", truncate, "fit again"),
+    ],
+)
+def test_cli_names_a_damaged_chunk_instead_of_an_internal_error(
+    tmp_path, capsys, argv, name, harm, hint
+):
+    store = tmp_path / "s.zarr"
+    ingest(SAMPLE / "ratings.csv", store)
+    st = open_store(store)
+    write_factors(st, np.ones((st.n_users, 2)), np.ones((st.n_items, 2)))
+    harm(chunk_file(store, name, (0, 0) if name.startswith("factors") else (0,)))
+    code = main([word.format(store=store) for word in argv])
+    err = capsys.readouterr().err
+    assert code == EXIT_CODES["input"], err
+    assert err.count("\n") == 1 and "internal error" not in err, err
+    assert f"array {name!r} chunk" in err and "is damaged" in err and hint in err, err
+    assert "--overwrite" in err or name.startswith("factors"), err

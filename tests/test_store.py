@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import zarr
+from damage import chunk_file, flip_bit, strip_checksums, truncate
 from support import load_generator
 
+from dask_coded_als.data import checksums
 from dask_coded_als.data import gram as gram_mod
 from dask_coded_als.data import store as store_mod
 from dask_coded_als.data.ingest import ingest, ingest_dataframe
@@ -27,7 +29,9 @@ from dask_coded_als.data.store import (
     open_store,
     ratings_dask,
     ratings_matrix,
+    read_checkpoint,
     read_factors,
+    write_checkpoint,
     write_factors,
 )
 from dask_coded_als.errors import InputError
@@ -472,3 +476,93 @@ def test_gram_source_reads_on_a_worker(tmp_path, client):
     assert source.shape == (20, 20) and source.dtype == np.float64
     rows = client.submit(lambda s: s.open_array()[2:5], source, pure=False).result(timeout=30)
     np.testing.assert_array_equal(rows, load_gram(path)[0][2:5])
+
+
+# --------------------------------------------------------------------------------------------
+# Checksums: every array written here carries one, a damaged chunk is named
+
+
+def _arrays(path: Path) -> dict[str, zarr.Array]:
+    root = zarr.open_group(path, mode="r")
+    return {n: a for n, a in root.members(max_depth=None) if isinstance(a, zarr.Array)}
+
+
+def test_every_array_written_carries_a_checksum(tall_copy):
+    path, _ = tall_copy
+    compute_gram(path)
+    write_factors(path, np.ones((60, 2)), np.zeros((35, 2)))  # zeros: every chunk still written
+    write_checkpoint(path, np.ones((35, 2)), {"iteration": 1})
+    arrays = _arrays(path)
+    assert {"gram/D", "factors/U", "factors/V", "checkpoint/B", "ratings/item"} <= set(arrays)
+    for name, arr in arrays.items():
+        assert checksums.has_checksums(arr), name
+        assert chunk_file(path, name, (0,) * arr.ndim).is_file(), name
+
+
+@pytest.mark.parametrize(
+    ("name", "read", "harm", "hint"),
+    [
+        ("gram/D", load_gram, flip_bit, "fit to compute D again"),
+        ("gram/D", load_gram, truncate, "fit to compute D again"),
+        ("factors/V", read_factors, flip_bit, "fit again to write new factors"),
+        ("checkpoint/B", read_checkpoint, truncate, "fit again from the start"),
+        ("ratings/item", ratings_matrix, truncate, "ingest the source again"),
+        ("by_item/user", lambda p: ratings_dask(p, transpose=True).compute(), flip_bit, "ingest"),
+        ("ratings/rating", ratings_matrix, Path.unlink, "(chunk file missing); ingest"),
+        ("gram/D", load_gram, Path.unlink, "(chunk file missing); remove the store's gram/"),
+    ],
+)
+def test_a_damaged_chunk_is_named(tall_copy, name, read, harm, hint):
+    path, _ = tall_copy
+    compute_gram(path)
+    write_factors(path, np.ones((60, 2)), np.ones((35, 2)))
+    write_checkpoint(path, np.ones((35, 2)), {"iteration": 1})
+    chunk = (0, 0) if name.split("/")[0] in ("gram", "factors", "checkpoint") else (0,)
+    harm(chunk_file(path, name, chunk))
+    with pytest.raises(InputError) as info:
+        read(path)
+    message = str(info.value)
+    assert f"{path}: array {name!r} chunk {','.join(map(str, chunk))} is damaged" in message
+    assert hint in message and "\n" not in message
+
+
+def test_the_damaged_chunk_among_many_is_named(tall_copy, monkeypatch):
+    path, _ = tall_copy
+    U = np.arange(120.0).reshape(60, 2)
+    monkeypatch.setattr(store_mod, "_write_group", _small_chunks(store_mod._write_group, 8))
+    write_factors(path, U, np.ones((35, 2)))
+    assert zarr.open_array(path / "factors" / "U", mode="r").cdata_shape == (8, 1)
+    truncate(chunk_file(path, "factors/U", (5, 0)))
+    with pytest.raises(InputError, match=r"'factors/U' chunk 5,0 is damaged \(checksum mismatch"):
+        read_factors(path)
+    arr = open_store(path).array("factors/U")
+    np.testing.assert_array_equal(arr[:40], U[:40])  # the chunks before it still read
+    with pytest.raises(InputError, match="chunk 5,0"):
+        arr[38:45, 1]
+
+
+def _small_chunks(write_group, rows):
+    def write(st, name, arrays, attrs, chunks, *args, **kwargs):
+        chunks = {k: (rows, *c[1:]) for k, c in chunks.items()}
+        return write_group(st, name, arrays, attrs, chunks, *args, **kwargs)
+
+    return write
+
+
+def test_a_store_written_before_checksums_still_opens_and_says_so_once(tall_copy, monkeypatch):
+    path, oracle = tall_copy
+    compute_gram(path)
+    D = load_gram(path)[0]
+    strip_checksums(path)
+    assert not any(checksums.has_checksums(a) for a in _arrays(path).values())
+    monkeypatch.setattr(checksums, "_NOTED", set())
+    with pytest.warns(checksums.UncheckedStoreWarning, match="written before checksums") as seen:
+        st = open_store(path)
+        open_store(path)
+    assert len(seen) == 1 and str(path) in str(seen[0].message)
+    assert same(ratings_matrix(st), oracle)
+    np.testing.assert_array_equal(load_gram(st)[0], D)
+    # What it can still find: an unreadable chunk is named all the same.
+    truncate(chunk_file(path, "ratings/rating"))
+    with pytest.raises(InputError, match=r"'ratings/rating' chunk 0 is damaged \(Zstd"):
+        ratings_matrix(st)

@@ -11,15 +11,17 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 
 from dask_coded_als import __version__
 from dask_coded_als._util import one_line
-from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend
+from dask_coded_als.cli import demo, evaluate, experiments, fit, ingest, recommend, verify
 from dask_coded_als.cli.options import EXIT_CODES, Parser, as_flags, next_step
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
-COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo)
+COMMANDS = (ingest, fit, recommend, evaluate, experiments, demo, verify)
 
 
 def _add_common_options(p: argparse.ArgumentParser, after: bool = False) -> None:
@@ -86,6 +88,8 @@ def given_options(argv: list[str] | None) -> frozenset[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The words as typed, for messages that give a command to run next (fit --resume).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         # distributed logs worker restarts and cancelled tasks; the engine reports what matters.
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        # (distributed.client has its own level and handler: a lost scheduler logs there.)
+        for name in ("distributed", "distributed.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     from dask_coded_als.errors import ClusterError, InputError, NumericalError
 
     prog = parser.prog
@@ -111,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES[code]
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _notes(prog, warnings.showwarning)
+            return args.func(args)
     except NumericalError as exc:
         return fail("numerical error: ", exc, "numerical")
     except ClusterError as exc:
@@ -123,3 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES["interrupt"]
     except Exception as exc:  # the promise is one line, never a traceback
         return fail(f"internal error: {type(exc).__name__}: ", exc, "internal")
+
+
+def _notes(prog: str, show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints the package's notes (a store without checksums) as
+    one line, and passes every other warning on to ``show``."""
+    from dask_coded_als.data.checksums import UncheckedStoreWarning
+
+    def note(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, UncheckedStoreWarning):
+            print(f"{prog}: note: {as_flags(str(message))}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return note

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shlex
 import sys
 import urllib.request
 from typing import Any
@@ -123,9 +124,22 @@ def _dashboard(client: Any, args: argparse.Namespace) -> str:
         return f"none at {link} (the scheduler was started without one)"
 
 
+def _resume_hint(args: argparse.Namespace, iteration: int) -> str:
+    """What to run once the cluster is back, after a fit cut short by a cluster error."""
+    words = [word for word in getattr(args, "argv", []) if word not in ("-v", "--verbose")]
+    command = (
+        shlex.join(["dask-coded-als", *words, *([] if "--resume" in words else ["--resume"])])
+        if words
+        else "the same command with --resume"
+    )
+    return f"the checkpoint holds iteration {iteration}; to continue from it run: {command}"
+
+
 def run(args: argparse.Namespace) -> int:
     from dask_coded_als.data import store as stores
-    from dask_coded_als.errors import InputError, UnreachableStoreError
+    from dask_coded_als.data.verify import check_gram
+    from dask_coded_als.engine import memory
+    from dask_coded_als.errors import ClusterError, InputError, UnreachableStoreError
     from dask_coded_als.recsys.weighting import fit_weighting
 
     if args.dashboard and importlib.util.find_spec("bokeh") is None:
@@ -147,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     fingerprint = jsonable({key: getattr(args, key) for key in FINGERPRINT})
     options = jsonable({key: getattr(args, key) for key in RESUMED})
 
+    # the iteration of the checkpoint in the store, for the message of a fit cut short
+    saved = {"iteration": None if resume is None else resume["iteration"]}
+
     def checkpoint(state: dict) -> None:
         attrs = {
             "fingerprint": fingerprint,
@@ -155,6 +172,12 @@ def run(args: argparse.Namespace) -> int:
             "history": jsonable(state["history"]),
         }
         stores.write_checkpoint(store, state["B"], attrs)
+        saved["iteration"] = state["iteration"]
+
+    # A damaged D must not become other factors: refused before any cluster starts.
+    has_gram = stores.gram_weighting(store) == args.weighting
+    if has_gram:
+        check_gram(store, *stores.gram_array(store, args.weighting), weighting.apply(R))
 
     with client_from_args(args, args.workers, dashboard=args.dashboard) as client:
         if args.dashboard:
@@ -169,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
         except UnreachableStoreError as exc:
             print(f"{as_flags(str(exc))}; D and the shards are made here", file=sys.stderr)
             shared = False
-        if stores.gram_weighting(store) != args.weighting:
+        if not has_gram:
+            if not shared:
+                memory.check_gram_here(min(R.shape))  # D is formed in this process
             with bar(args, "D", "block") as progress:
                 stores.compute_gram(
                     store,
@@ -188,19 +213,24 @@ def run(args: argparse.Namespace) -> int:
             bar(args, "shards", "worker") as placed,
             rounds(args, args.iterations, start) as callback,
         ):
-            model.fit(
-                R,
-                client=client,
-                gram=D,
-                callback=callback,
-                checkpoint=checkpoint,
-                resume=resume,
-                progress=placed,
-                user_ids=store.user_ids,
-                item_ids=store.item_ids,
-                titles=store.titles,
-            )
-    params = {k: v for k, v in vars(args).items() if k not in ("func", "json", "given")}
+            try:
+                model.fit(
+                    R,
+                    client=client,
+                    gram=D,
+                    callback=callback,
+                    checkpoint=checkpoint,
+                    resume=resume,
+                    progress=placed,
+                    user_ids=store.user_ids,
+                    item_ids=store.item_ids,
+                    titles=store.titles,
+                )
+            except ClusterError as exc:
+                if saved["iteration"] is None:
+                    raise  # nothing to resume from
+                raise ClusterError(f"{exc}; {_resume_hint(args, saved['iteration'])}") from None
+    params = {k: v for k, v in vars(args).items() if k not in ("func", "json", "given", "argv")}
     model.save(store, {"parameters": jsonable(params)})
     stores.clear_checkpoint(store)
     summary = fit_summary(model, str(args.store))

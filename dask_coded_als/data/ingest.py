@@ -113,6 +113,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from dask_coded_als._util import check_int, one_line
+from dask_coded_als.data.checksums import create_array
 from dask_coded_als.data.store import LAYOUT, LAYOUT_VERSION
 from dask_coded_als.errors import InputError
 
@@ -1054,7 +1055,7 @@ def _finish(data: _Collected, strict: bool) -> dict:
 def _write_array(group, name: str, values: np.ndarray) -> None:
     chunk = max(1, min(len(values), _ARRAY_CHUNK))
     dtype = str if values.dtype == object else values.dtype
-    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(chunk,))
+    arr = create_array(group, name, shape=values.shape, dtype=dtype, chunks=(chunk,))
     if len(values):
         arr[...] = values
 

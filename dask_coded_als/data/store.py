@@ -23,6 +23,11 @@ Layout (version 1), all paths relative to the store directory::
     recommendations/items    int64 (n_users, n)    top-n item indices per user (-1: none left),
     recommendations/scores   float64 (n_users, n)  written by :func:`write_recommendations`
 
+Every array ends its codecs with ``crc32c``: each chunk carries a checksum, chunks of zeros are
+written too, and reading a damaged chunk is an InputError naming the store, the array and the
+chunk (:mod:`dask_coded_als.data.checksums`). Stores written before that still open; a warning
+says once that they have no checksum to verify.
+
 Index arrays are int64 instead of int32 when a dimension reaches 2**31. Users and items are
 numbered in the sorted order of their original ids (numeric order for integer ids, code-point
 order for strings).
@@ -63,6 +68,13 @@ import zarr
 from zarr.storage import LocalStore
 
 from dask_coded_als._util import check_int, one_line
+from dask_coded_als.data.checksums import (
+    CheckedArray,
+    create_array,
+    has_checksums,
+    note_unchecked,
+    read,
+)
 from dask_coded_als.data.gram import (
     GRAM_BY_COLUMNS_BYTES,
     block_gram,
@@ -177,15 +189,17 @@ class RatingsStore:
         """Whether :func:`write_factors` has written ``factors``."""
         return (self.path / "factors" / "zarr.json").is_file()
 
-    def array(self, name: str) -> zarr.Array:
-        """Open the array ``name`` (e.g. ``"ratings/item"``) read-only."""
+    def array(self, name: str) -> CheckedArray:
+        """Open the array ``name`` (e.g. ``"ratings/item"``) read-only; a damaged chunk read
+        from it is an InputError that names it."""
         try:
-            return zarr.open_array(LocalStore(self.path, read_only=True), path=name, mode="r")
+            arr = zarr.open_array(LocalStore(self.path, read_only=True), path=name, mode="r")
         except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{self.path}: cannot open array {name!r} ({one_line(exc)})") from None
+        return CheckedArray(arr, self.path, name)
 
 
-def _read_ids(arr: zarr.Array) -> np.ndarray:
+def _read_ids(arr: CheckedArray) -> np.ndarray:
     values = arr[...]
     if values.dtype.kind in "iu":
         return values.astype(np.int64, copy=False)
@@ -277,6 +291,7 @@ def open_store(path: str | os.PathLike) -> RatingsStore:
         value = attrs.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InputError(f"{p}: bad root attribute {key}={value!r}")
+    unchecked = []
     for name, (length, kinds) in _expected_arrays(attrs).items():
         try:
             arr = root[name]
@@ -288,6 +303,9 @@ def open_store(path: str | os.PathLike) -> RatingsStore:
             raise InputError(f"{p}: array {name!r} has shape {arr.shape}, expected ({length},)")
         if _dtype_kind(arr) not in kinds:
             raise InputError(f"{p}: array {name!r} has the wrong dtype {arr.dtype}")
+        if not has_checksums(arr):
+            unchecked.append(name)
+    note_unchecked(p, unchecked)
     return RatingsStore(p, attrs)
 
 
@@ -335,11 +353,14 @@ def _load_block(
     """Rows ``row_lo:row_hi`` of R (group ``ratings``) or R^T (group ``by_item``); with
     ``values``, the entries' values come from that array (in the group's order) instead."""
     store = LocalStore(path, read_only=True)
-    indptr = zarr.open_array(store, path=f"{group}/indptr", mode="r")[row_lo : row_hi + 1]
-    col = "item" if group == "ratings" else "user"
-    indices = zarr.open_array(store, path=f"{group}/{col}", mode="r")[lo:hi]
-    values = values or f"{group}/rating"
-    data = zarr.open_array(store, path=values, mode="r")[lo:hi].astype(np.float64)
+
+    def part(name: str, selection: slice) -> np.ndarray:
+        arr = zarr.open_array(store, path=name, mode="r")
+        return read(arr, selection, path, name)
+
+    indptr = part(f"{group}/indptr", slice(row_lo, row_hi + 1))
+    indices = part(f"{group}/{'item' if group == 'ratings' else 'user'}", slice(lo, hi))
+    data = part(values or f"{group}/rating", slice(lo, hi)).astype(np.float64)
     indptr = indptr.astype(np.int64) - lo
     mat = sp.csr_matrix((data, indices, indptr), shape=(row_hi - row_lo, n_cols), copy=False)
     mat.has_sorted_indices = True
@@ -445,13 +466,14 @@ def _write_group(
         root = zarr.open_group(LocalStore(st.path), mode="r+")
         group = root.create_group(tmp, attributes=dict(attrs))
         for key, value in arrays.items():
-            arr = group.create_array(
+            arr = create_array(
+                group,
                 key,
                 shape=value.shape,
                 dtype=value.dtype,
                 chunks=chunks[key],
+                compressed=compressed,
                 attributes=dict(array_attrs or {}),
-                **({} if compressed else {"compressors": None}),
             )
             arr[...] = value
         _swap_in(st.path, tmp, name)
@@ -683,13 +705,14 @@ def compute_gram_on_cluster(
     try:
         root = zarr.open_group(LocalStore(st.path), mode="r+")
         created = root.create_group(tmp, attributes=attrs)
-        created.create_array(
+        create_array(
+            created,
             "D",
             shape=(side, side),
             dtype=_gram_dtype(dtype),
             chunks=(min(block, side) or 1,) * 2,
             attributes={"transposed": transposed},
-            compressors=None,
+            compressed=False,
         )
         values = None
         if weighted:
@@ -698,7 +721,14 @@ def compute_gram_on_cluster(
             X_t.sort_indices()
             if not np.array_equal(X_t.indptr, indptr):
                 raise InputError(f"the {weighting.name} weighting changed which ratings exist")
-            created.create_array("values", data=X_t.data, chunks=(TARGET_RATINGS_PER_BLOCK,))
+            weighted_values = create_array(
+                created,
+                "values",
+                shape=X_t.data.shape,
+                dtype=np.float64,
+                chunks=(max(1, min(TARGET_RATINGS_PER_BLOCK, X_t.nnz)),),
+            )
+            weighted_values[...] = X_t.data
             values = f"{tmp}/values"
             del W, X_t
         futures = [
@@ -766,8 +796,9 @@ class GramSource:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
 
-    def open_array(self) -> zarr.Array:
-        return zarr.open_array(LocalStore(self.path, read_only=True), path="gram/D", mode="r")
+    def open_array(self) -> CheckedArray:
+        arr = zarr.open_array(LocalStore(self.path, read_only=True), path="gram/D", mode="r")
+        return CheckedArray(arr, self.path, "gram/D")
 
     def __repr__(self) -> str:
         return f"GramSource({self.path!r}, shape={self.shape})"
@@ -779,8 +810,9 @@ def gram_source(store: StoreLike, weighting: str = "none") -> GramSource:
     return GramSource(_as_store(store).path, gram.shape, str(gram.dtype))
 
 
-def gram_array(store: StoreLike, weighting: str = "none") -> tuple[zarr.Array, bool]:
-    """The stored Gram matrix as a read-only Zarr array (read from disk on slicing).
+def gram_array(store: StoreLike, weighting: str = "none") -> tuple[CheckedArray, bool]:
+    """The stored Gram matrix as a read-only Zarr array (read from disk on slicing, a damaged
+    chunk named in an InputError).
 
     Parameters
     ----------
@@ -790,7 +822,7 @@ def gram_array(store: StoreLike, weighting: str = "none") -> tuple[zarr.Array, b
 
     Returns
     -------
-    D : zarr.Array
+    D : CheckedArray
     transposed : bool
 
     Raises
@@ -812,7 +844,7 @@ def gram_array(store: StoreLike, weighting: str = "none") -> tuple[zarr.Array, b
             f"{st.path}: the gram matrix is of the ratings with weighting={stored!r}, not "
             f"{weighting!r}; recompute it"
         )
-    gram = group["D"]
+    gram = CheckedArray(group["D"], st.path, "gram/D")
     expected = min(st.n_users, st.n_items)
     if gram.shape != (expected, expected):
         raise InputError(f"{st.path}: gram/D has shape {gram.shape}, expected {expected} square")
@@ -926,7 +958,8 @@ def read_factors(store: StoreLike) -> tuple[np.ndarray, np.ndarray, dict[str, An
     meta = dict(group.attrs)
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the factors belong to another ingest")
-    return group["U"][...], group["V"][...], dict(meta.get("attrs", {}))
+    U, V = (read(group[key], ..., st.path, f"factors/{key}") for key in ("U", "V"))
+    return U, V, dict(meta.get("attrs", {}))
 
 
 def read_factor_array(store: StoreLike, name: str) -> np.ndarray | None:
@@ -1013,8 +1046,10 @@ def read_checkpoint(store: StoreLike) -> tuple[np.ndarray, dict[str, Any]] | Non
     try:
         group = zarr.open_group(LocalStore(st.path, read_only=True), path="checkpoint", mode="r")
         meta = dict(group.attrs)
-        B = np.asarray(group["B"][...], dtype=np.float64)
-    except Exception as exc:  # any failure to read it means the checkpoint is damaged
+        B = np.asarray(read(group["B"], ..., st.path, "checkpoint/B"), dtype=np.float64)
+    except InputError:
+        raise  # a damaged chunk, named
+    except Exception as exc:  # any other failure to read it means the checkpoint is damaged
         raise InputError(f"{st.path}: the checkpoint is corrupt ({one_line(exc)})") from None
     if meta.get("ingest_id") != st.attrs.get("ingest_id"):
         raise InputError(f"{st.path}: the checkpoint belongs to another ingest")

@@ -42,17 +42,18 @@ from distributed.scheduler import KilledWorker
 from threadpoolctl import threadpool_limits
 
 from dask_coded_als import als
+from dask_coded_als._util import one_line
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.theory import ClusterRates
 from dask_coded_als.data.gram import block_gram, sum_parts, tree_sum
-from dask_coded_als.engine import tasks
+from dask_coded_als.engine import memory, tasks
 from dask_coded_als.engine.calibration import measure_rates
 from dask_coded_als.engine.cluster import probe_workers, worker_addresses
 from dask_coded_als.engine.exchange import Answers, Exchange, Scatter
 from dask_coded_als.engine.faults import FaultInjector
 from dask_coded_als.engine.records import StageRecord, Timings
 from dask_coded_als.engine.stragglers import StragglerModel
-from dask_coded_als.errors import ClusterError
+from dask_coded_als.errors import ClusterError, CodedALSError
 
 __all__ = ["Master", "Settings", "FitResult"]
 
@@ -197,6 +198,7 @@ class Master:
                 lambda w: self.address[w],
             )
             try:
+                self._check_memory(min(R.shape), gram is None)  # before D or any shard exists
                 with self.timings.phase("gram"):
                     D = gram
                     if D is None:
@@ -206,6 +208,7 @@ class Master:
                 if s.partition == "auto":
                     with self.timings.phase("calibration"):
                         self._choose_partition(int(D.shape[0]))
+                    self._check_memory(int(D.shape[0]), False)
                 scheme = make_scheme(self, D)
                 del D
                 size = scheme.size
@@ -221,6 +224,10 @@ class Master:
                     B, H, n_iter, converged = self._rounds(scheme, B, start)
                 with self.timings.phase("post"):
                     other = self._other_factor(R, H, transposed)
+            except Exception as exc:
+                if not isinstance(exc, CodedALSError):
+                    self._check_scheduler(exc)  # whatever a lost scheduler surfaced as
+                raise
             finally:
                 self._close()
         U, V = (B, other) if transposed else (other, B)
@@ -342,8 +349,44 @@ class Master:
         return np.asarray(product)
 
     # -- workers and shards --------------------------------------------------------------------
+    def _check_memory(self, size: int, gram_on_cluster: bool) -> None:
+        """Refuse at once a fit whose D or shards cannot fit in memory (engine/memory.py)."""
+        s = self.settings
+        if gram_on_cluster:  # D comes back to this process
+            memory.check_gram_here(size)
+        memory.check_workers(
+            self.client,
+            [self.address[w] for w in sorted(self.address)],
+            size,
+            s.n_factors,
+            s.mode,
+            None if s.partition == "auto" else s.partition,
+            s.n_stragglers,
+            s.points,
+            gram_on_cluster,
+            s.dtype,
+        )
+
+    def _check_scheduler(self, exc: BaseException | None = None) -> None:
+        """Raise ClusterError when the client has lost its scheduler.
+
+        The client then cancels every future (the shards with them) and tries to reconnect
+        for its connect timeout; a reconnected scheduler would hold none of the fit's data, so
+        the fit ends now rather than after that wait.
+        """
+        if self.client.status == "running":
+            return
+        why = f" ({one_line(exc)})" if exc is not None else ""
+        address = getattr(self.client.scheduler, "address", "")  # None once the client closed
+        raise ClusterError(f"lost the connection to the scheduler {address}{why}") from None
+
     def _alive(self) -> set[str]:
-        return worker_addresses(self.client)
+        self._check_scheduler()
+        try:
+            return worker_addresses(self.client)
+        except Exception as exc:  # OSError, or a KeyError from an answer cut short
+            self._check_scheduler(exc)
+            raise
 
     def _join(self) -> None:
         """Take the first ``n_workers`` workers of the cluster, waiting (bounded) for them.
@@ -683,6 +726,8 @@ class Master:
         """
         if self.faults is not None:
             self.faults.finish()
+        if self.client.status != "running":
+            return  # the scheduler is lost: nobody to ask, and the messages would only fail late
         with contextlib.suppress(Exception):
             ledgers = self.client.sync(self._closing)
             for entries in ledgers.values():

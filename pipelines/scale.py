@@ -42,6 +42,8 @@ from dask_coded_als.engine import local_cluster  # noqa: E402
 from dask_coded_als.engine.calibration import measure_rates  # noqa: E402
 
 GIB = 2**30
+DTYPES = ("float64", "float32")
+
 #: Data sets projected from the measured rates: (name, users, items, ratings).
 PROJECTED = (
     ("ML-20M", 138_493, 26_744, 20_000_263),
@@ -105,12 +107,12 @@ def projection(rates: theory.ClusterRates, n_factors: int, dtype: str) -> list[d
             h = theory.choose_h(
                 n_workers, n_stragglers, size, n_factors, rates.op_mean, rates.op_std
             )
-            circle = choose_points(n_workers, theory.recovery_threshold(h), h) == "circle"
+            circle = choose_points(n_workers, theory.recovery_threshold(h), h, dtype) == "circle"
             link = theory.ClusterRates(
                 rates.op_mean, rates.op_std, PROJECTED_BANDWIDTH, rates.latency
             )
             exchange = theory.expected_exchange_time(
-                (h, h), n_workers, n_stragglers, size, n_factors, link, circle
+                (h, h), n_workers, n_stragglers, size, n_factors, link, circle, value_bytes
             )
             code = ALSCode(h, n_workers, "circle" if circle else "real")
             padded, blocks = code.padded_size(size), code.product_code
@@ -221,7 +223,8 @@ def run(args: argparse.Namespace) -> dict:
             f"{timings['iterations']:.1f} s), peak {tree:.2f} GiB (this process {own:.2f} GiB)",
             flush=True,
         )
-        rates = measure_rates(client, [model.workers_[w] for w in sorted(model.workers_)])
+        addresses = [model.workers_[w] for w in sorted(model.workers_)]
+        rates = {dtype: measure_rates(client, addresses, dtype=dtype) for dtype in DTYPES}
     total = time.perf_counter() - t0
     memory.stop()
     shutil.rmtree(store_path, ignore_errors=True)
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_gib": max(p.get("peak_gib", 0.0) for p in phases.values()),
         "fit_process_peak_gib": max(p.get("fit_process_peak_gib", 0.0) for p in phases.values()),
         "transposed": transposed,
-        "rates": rates.__dict__,
+        "rates": {dtype: r.__dict__ for dtype, r in rates.items()},
     }
 
 
@@ -255,7 +258,7 @@ def main() -> None:
     parser.add_argument("--h", type=int, default=3)
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--dtype", choices=DTYPES, default="float64")
     parser.add_argument("--project-only", action="store_true", help="measure rates, project")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -266,13 +269,15 @@ def main() -> None:
             Client(cluster, timeout="60s", set_as_default=False) as client,
         ):
             client.wait_for_workers(2, timeout=60)
-            rates = measure_rates(client, sorted(client.scheduler_info()["workers"]))
-        result: dict = {"rates": rates.__dict__}
+            addresses = sorted(client.scheduler_info()["workers"])
+            rates = {dtype: measure_rates(client, addresses, dtype=dtype) for dtype in DTYPES}
+        result: dict = {"rates": {dtype: r.__dict__ for dtype, r in rates.items()}}
     else:
         result = run(args)
-        rates = theory.ClusterRates(**result["rates"])
+    # each precision projected with the rates measured in it (float32 products run faster)
     result["projection"] = {
-        dtype: projection(rates, args.factors, dtype) for dtype in ("float64", "float32")
+        dtype: projection(theory.ClusterRates(**result["rates"][dtype]), args.factors, dtype)
+        for dtype in DTYPES
     }
     for dtype, rows in result["projection"].items():
         print_projection(rows, dtype)

@@ -15,10 +15,11 @@ from dask_coded_als.cli import EXIT_CODES, main
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.codes import ALSCode
 from dask_coded_als.coding.points import choose_points
+from dask_coded_als.data import store as stores
 from dask_coded_als.data.ingest import ingest
 from dask_coded_als.engine import memory
 from dask_coded_als.engine.memory import WorkerMemory, memory_problems, shard_bytes
-from dask_coded_als.errors import ClusterError
+from dask_coded_als.errors import ClusterError, UnreachableStoreError
 
 GiB = 2**30
 
@@ -76,7 +77,9 @@ def test_workers_without_a_limit_are_counted_per_host():
     assert "together (7.32 GiB each: its shard of D, partition (2, 2)" in problem
     assert "the host has 20 GiB available (of 25 GiB): spread the workers" in problem
     # the shards of all 8 take 2 D's: no partition makes them fit in less than one
-    assert problem.endswith("more hosts"), problem
+    assert problem.endswith("more hosts (dtype='float32' needs half)"), problem
+    in_float32 = memory_problems(workers, hosts, 62423, 32, "coded", (2, 2), 1, dtype="float32")
+    assert "3.66 GiB each" in in_float32[0] and "float32" not in in_float32[0]
     assert memory_problems(workers, hosts, 20000, 32, "coded", (2, 2), 1) == []
 
 
@@ -122,11 +125,16 @@ def test_cli_refuses_to_form_a_d_this_machine_cannot_hold(tmp_path, client, monk
     ingest(SAMPLE / "ratings.csv", store)
     before = sorted(p.name for p in store.iterdir())
     monkeypatch.setattr(memory, "_available", lambda: (100_000, 200_000))
+    # workers that share this file system compute D themselves: here they cannot
+
+    def unreachable(*args):
+        raise UnreachableStoreError("the workers cannot open the store")
+
+    monkeypatch.setattr(stores, "check_workers_read", unreachable)
     code = main(["fit", str(store), "--factors", "2", "--scheduler", client.scheduler.address])
     err = capsys.readouterr().err
     assert code == EXIT_CODES["cluster"], err
-    assert (
-        err.count("\n") == 1 and "not enough memory for D: 250 x 250 float64 takes 488 KiB" in err
-    )
+    assert err.count("\n") == 2 and "D and the shards are made here" in err
+    assert "not enough memory for D: 250 x 250 float64 takes 488 KiB" in err
     assert "this machine has 97.7 KiB available (of 195 KiB)" in err
     assert sorted(p.name for p in store.iterdir()) == before  # no gram/ written

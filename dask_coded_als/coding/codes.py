@@ -93,7 +93,7 @@ def _conj_packed(planes: np.ndarray) -> np.ndarray:
 #: milliseconds of one core), so that it can stop between two chunks (``interrupt``) and so that
 #: Gauss's trick adds the planes of a shard one chunk at a time, never copying the whole shard.
 CHUNK_MULTIPLY_ADDS = 2**25
-#: :meth:`ALSCode.data_shard` reads D in strips of about this many bytes.
+#: :meth:`ALSCode.data_shard` reads D in bands of whole rows of about this many bytes.
 STRIP_BYTES = 2**27
 _MIN_CHUNK_COLUMNS = 64
 
@@ -414,13 +414,11 @@ class EntangledPolynomialCode:
         n_cols: int,
         name: str,
         pad_to: tuple[int, int] | None = None,
-        rows_within: tuple[int, int] | None = None,
     ) -> tuple[Callable[[int, int], np.ndarray], tuple[int, int]]:
         """A getter of the blocks of M (contraction block, column block) and their shape.
 
         With ``pad_to`` the matrix is taken as zero-extended to that shape without copying it
-        (D can be most of the master's memory); with ``rows_within = (a, b)`` every block is
-        cut to its rows a:b (a strip of the encoded matrix).
+        (D can be most of the master's memory).
         """
         # An array that reads from disk on slicing (a zarr.Array) is read block by block.
         lazy = not isinstance(M, np.ndarray) and hasattr(M, "shape") and hasattr(M, "__getitem__")
@@ -440,23 +438,20 @@ class EntangledPolynomialCode:
         if not lazy and not np.all(np.isfinite(M)):
             raise ValueError(f"{name} contains NaN or infinite values")
         rows, cols = shape[0] // n_rows, shape[1] // n_cols
-        first, last = (0, rows) if rows_within is None else rows_within
-        if not 0 <= first < last <= rows:
-            raise ValueError(f"rows {first}:{last} are not within the {rows} rows of a block")
 
         def block(j: int, i: int) -> np.ndarray:
-            part = M[j * rows + first : j * rows + last, i * cols : (i + 1) * cols]
+            part = M[j * rows : (j + 1) * rows, i * cols : (i + 1) * cols]
             if lazy:
                 part = np.asarray(part, dtype=np.float64)
                 if not np.all(np.isfinite(part)):
                     raise ValueError(f"{name} contains NaN or infinite values")
-            if part.shape == (last - first, cols):
+            if part.shape == (rows, cols):
                 return part
-            full = np.zeros((last - first, cols))
+            full = np.zeros((rows, cols))
             full[: part.shape[0], : part.shape[1]] = part
             return full
 
-        return block, (last - first, cols)
+        return block, (rows, cols)
 
     def _encode(
         self,
@@ -540,12 +535,10 @@ class EntangledPolynomialCode:
         A: np.ndarray,
         workers: Sequence[int] | None = None,
         pad_to: tuple[int, int] | None = None,
-        rows_within: tuple[int, int] | None = None,
     ) -> list[np.ndarray]:
         """Encoded ``A`` for every worker (or for ``workers``), in worker order. With
-        ``pad_to``, A is taken as zero-extended to that shape (no copy); with ``rows_within``,
-        only those rows of the encoded matrix are made (from those rows of every block)."""
-        blocks = self._blocks(A, self.output_blocks, "A", pad_to, rows_within)
+        ``pad_to``, A is taken as zero-extended to that shape (no copy)."""
+        blocks = self._blocks(A, self.output_blocks, "A", pad_to)
         j, i = np.meshgrid(np.arange(self.r), np.arange(self.p), indexing="ij")
         return self._encode(blocks, j + i * self.r, workers)
 
@@ -753,22 +746,56 @@ class ALSCode:
     def data_shard(
         self, D: Any, worker: int, dtype: Any = np.float64, strip_bytes: int = STRIP_BYTES
     ) -> np.ndarray:
-        """Worker ``worker``'s shard ``D~(x_w)`` as :meth:`encode_data` makes it, built strip by
-        strip of rows into an array of ``dtype``: besides the shard it holds a few strips of about
-        ``strip_bytes`` (one block's rows at a time), so a D that reads from disk on slicing is
-        never loaded whole."""
-        size = self.padded_size(D.shape[0])
+        """Worker ``worker``'s shard ``D~(x_w)`` as :meth:`encode_data` makes it, in ``dtype``.
+
+        D is read once, in bands of whole rows of about ``strip_bytes`` (a multiple of D's chunk
+        rows when it has chunks, so that a D stored on disk is read chunk by chunk, each chunk
+        once), and every band is added into the shard block by block. Besides the shard it
+        holds one band and one block of it. With real points the sums are those of
+        :meth:`encode_data`, in the same order; on the circle they agree to rounding.
+        """
         code = self.product_code
-        block_rows, block_cols = size // code.contraction_blocks, size // code.output_blocks
-        step = max(1, strip_bytes // (8 * block_cols))
-        shard = None
-        for a in range(0, block_rows, step):
-            b = min(a + step, block_rows)
-            strip = code.encode_a(D, [worker], pad_to=(size, size), rows_within=(a, b))[0]
-            if shard is None:
-                shard = np.empty((*strip.shape[:-2], block_rows, strip.shape[-1]), dtype)
-            shard[..., a:b, :] = strip
-        return shard
+        size = self.padded_size(D.shape[0])
+        n_rows, width = D.shape
+        rows, cols = size // code.contraction_blocks, size // code.output_blocks
+        coefficients = self._data_coefficients(worker)  # (row block, column block, plane)
+        shard = np.zeros((coefficients.shape[2], rows, cols), dtype)
+        chunk_rows = int((getattr(D, "chunks", None) or (1,))[0])
+        band = max(1, strip_bytes // (8 * width))
+        band = max(chunk_rows, band - band % chunk_rows)
+        scaled = np.empty((min(band, rows), cols))
+        for start in range(0, n_rows, band):
+            stop = min(start + band, n_rows)
+            values = np.asarray(D[start:stop], dtype=np.float64)
+            for row_block in range(start // rows, (stop - 1) // rows + 1):
+                r0, r1 = max(start, row_block * rows), min(stop, (row_block + 1) * rows)
+                part = values[r0 - start : r1 - start]
+                for col_block in range(code.output_blocks):
+                    c0, c1 = col_block * cols, min((col_block + 1) * cols, width)
+                    if c0 >= c1:
+                        break  # the zero padding
+                    out = scaled[: r1 - r0, : c1 - c0]
+                    for plane, c in enumerate(coefficients[row_block, col_block]):
+                        if c != 0.0:
+                            np.multiply(part[:, c0:c1], c, out=out)
+                            top = r0 - row_block * rows
+                            shard[plane, top : top + r1 - r0, : c1 - c0] += out
+        return shard if self.complex else shard[0]
+
+    def _data_coefficients(self, worker: int) -> np.ndarray:
+        """The real coefficient of every block (J, I) of D in each plane of worker's shard: by
+        linearity, the encoding of the matrix whose blocks are 1 x 1 with a 1 at (J, I)."""
+        code = self.product_code
+        n_rows, n_cols = code.contraction_blocks, code.output_blocks
+        planes = 2 if self.complex else 1
+        coefficients = np.zeros((n_rows, n_cols, planes))
+        for row_block in range(n_rows):
+            for col_block in range(n_cols):
+                unit = np.zeros((n_rows, n_cols))
+                unit[row_block, col_block] = 1.0
+                encoded = code.encode_a(unit, [worker])[0]
+                coefficients[row_block, col_block] = np.asarray(encoded).reshape(planes)
+        return coefficients
 
     def encode_factor(self, B: np.ndarray) -> list[np.ndarray]:
         """Per-worker factor shards holding ``f_L(B, x_w)`` and ``f_R(B, x_w)`` (the operand of

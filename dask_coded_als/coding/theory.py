@@ -580,10 +580,12 @@ def expected_exchange_time(
     n_factors: int,
     rates: ClusterRates,
     circle: bool = True,
+    value_bytes: int = 8,
 ) -> ExchangeTime:
     """Model the time of one iteration of the fast protocol for a partition (p, r).
 
-    With l = ``size``, d = ``n_factors``, K = p r + r - 1 and 8-byte values:
+    With l = ``size``, d = ``n_factors``, K = p r + r - 1 and values of ``value_bytes`` (8:
+    float64, 4: float32, whose ``rates`` are measured in float32):
 
     - upload: the master sends every one of the W workers its operand of (l / r) d values
       over its link, W (l / r) d 8 / bandwidth;
@@ -639,9 +641,9 @@ def expected_exchange_time(
     return ExchangeTime(
         partition=(p, r),
         threshold=threshold,
-        upload=n_workers * size * d / r * 8 / rates.bandwidth,
+        upload=n_workers * size * d / r * value_bytes / rates.bandwidth,
         compute=compute,
-        download=threshold * answer_values * 8 / rates.bandwidth,
+        download=threshold * answer_values * value_bytes / rates.bandwidth,
         decode=2 * threshold * size * d * rates.op_mean,
         latency=rates.latency,
     )
@@ -654,6 +656,7 @@ def choose_partition(
     n_factors: int,
     rates: ClusterRates,
     circle: bool | None = True,
+    dtype: str = "float64",
 ) -> tuple[int, int]:
     """The feasible (p, r) with the least modelled iteration time (:func:`expected_exchange_time`).
 
@@ -661,7 +664,8 @@ def choose_partition(
     worker the least work for a threshold; bandwidth-bound ones favour larger r, whose operands
     are smaller (the answers grow as 1/p, so the square split is not always the smallest
     exchange). Ties go to the smaller threshold. ``circle=None`` takes for each partition the
-    points :func:`dask_coded_als.coding.points.choose_points` would (the engine's default).
+    points :func:`dask_coded_als.coding.points.choose_points` would (the engine's default) for
+    results in ``dtype``, whose values the model moves (``rates`` measured in it).
 
     Examples
     --------
@@ -676,11 +680,12 @@ def choose_partition(
     def on_circle(p: int, r: int) -> bool:
         if circle is not None:
             return circle
-        return choose_points(n_workers, partition_threshold(p, r), r) == "circle"
+        return choose_points(n_workers, partition_threshold(p, r), r, dtype) == "circle"
 
+    value_bytes = 4 if dtype == "float32" else 8
     times = {
         (p, r): expected_exchange_time(
-            (p, r), n_workers, n_stragglers, size, n_factors, rates, on_circle(p, r)
+            (p, r), n_workers, n_stragglers, size, n_factors, rates, on_circle(p, r), value_bytes
         )
         for p, r in feasible_partitions(n_workers, n_stragglers)
     }

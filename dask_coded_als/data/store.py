@@ -596,7 +596,6 @@ def compute_gram(
         with _BlocksDone(progress, "block_gram", len(parts)):
             (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
         gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
-    side = min(gram.shape[0], 2048) or 1
     attrs = {
         "transposed": transposed,
         "n_users": st.n_users,
@@ -611,7 +610,7 @@ def compute_gram(
         "gram",
         {"D": gram.astype(_gram_dtype(dtype), copy=False)},
         attrs,
-        {"D": (side, side)},
+        {"D": _gram_chunks(gram.shape[0])},
         {"transposed": transposed},
         compressed=False,
     )
@@ -624,9 +623,20 @@ def _gram_dtype(dtype: Any) -> np.dtype:
     return np.dtype(str(dtype))
 
 
-#: Side of the blocks of D that :func:`compute_gram_on_cluster` computes per task (and the
-#: chunks of the stored D): 2048 x 2048 float64 is 32 MiB.
+#: Side of the blocks of D that :func:`compute_gram_on_cluster` computes per task: 2048 x 2048
+#: float64 is 32 MiB.
 GRAM_BLOCK = 2048
+#: Rows of a chunk of the stored D (its columns: GRAM_BLOCK): the workers that build their
+#: shards read D in bands of whole rows, chunk by chunk, each chunk once; a task's block is
+#: 16 whole chunks, so no two tasks write to one chunk.
+GRAM_CHUNK_ROWS = 128
+
+
+def _gram_chunks(side: int, block: int = GRAM_BLOCK) -> tuple[int, int]:
+    rows = min(GRAM_CHUNK_ROWS, block)
+    if block % rows:
+        rows = block  # a task's block must be whole chunks
+    return max(1, min(rows, side)), max(1, min(block, side))
 
 
 def _gram_pair_task(
@@ -710,7 +720,7 @@ def compute_gram_on_cluster(
             "D",
             shape=(side, side),
             dtype=_gram_dtype(dtype),
-            chunks=(min(block, side) or 1,) * 2,
+            chunks=_gram_chunks(side, block),
             attributes={"transposed": transposed},
             compressed=False,
         )

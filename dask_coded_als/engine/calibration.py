@@ -26,10 +26,10 @@ PRODUCT_ROWS, PRODUCT_INNER, PRODUCT_COLUMNS = 512, 1024, 64
 PROBE_BYTES = 8 * 2**20
 
 
-def _timed_products(repeats: int) -> list[float]:
+def _timed_products(repeats: int, dtype: str = "float64") -> list[float]:
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((PRODUCT_ROWS, PRODUCT_INNER))
-    b = rng.standard_normal((PRODUCT_INNER, PRODUCT_COLUMNS))
+    a = rng.standard_normal((PRODUCT_ROWS, PRODUCT_INNER)).astype(dtype)
+    b = rng.standard_normal((PRODUCT_INNER, PRODUCT_COLUMNS)).astype(dtype)
     a @ b  # first use pays for allocations
     seconds = []
     for _ in range(repeats):
@@ -47,17 +47,20 @@ def _nothing() -> None:
     return None
 
 
-def measure_rates(client: Client, addresses: list[str], repeats: int = 7) -> ClusterRates:
+def measure_rates(
+    client: Client, addresses: list[str], repeats: int = 7, dtype: str = "float64"
+) -> ClusterRates:
     """Rates of the workers at ``addresses`` and of the link to them.
 
-    ``op_mean`` is the median time per multiply-add of a product on one worker, ``op_std`` the
+    ``op_mean`` is the median time per multiply-add of a product in ``dtype`` on one worker
+    (float32 runs at about twice float64's rate), ``op_std`` the
     spread of those times scaled as Appendix A does (a robust standard deviation of a task's
     time divided by sqrt of its multiply-adds); ``latency`` the median of empty round trips;
     ``bandwidth`` from a direct scatter of :data:`PROBE_BYTES`; ``concurrency`` the number of
     workers that can compute at once (per host, at most its cores).
     """
     worker = addresses[0]
-    products = client.submit(_timed_products, repeats, workers=[worker], pure=False).result()
+    products = client.submit(_timed_products, repeats, dtype, workers=[worker], pure=False).result()
     n_ops = PRODUCT_ROWS * PRODUCT_INNER * PRODUCT_COLUMNS
     seconds = np.asarray(products)
     op_mean = float(np.median(seconds)) / n_ops

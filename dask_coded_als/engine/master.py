@@ -250,10 +250,11 @@ class Master:
     def _choose_partition(self, size: int) -> None:
         """Measure the cluster and pick the partition the model expects to be fastest."""
         s = self.settings
-        self.rates = measure_rates(self.client, [self.address[w] for w in sorted(self.address)])
+        addresses = [self.address[w] for w in sorted(self.address)]
+        self.rates = measure_rates(self.client, addresses, dtype=s.dtype)
         circle = None if s.points is None else s.points == "circle"
         chosen = theory.choose_partition(
-            s.n_workers, s.n_stragglers, size, s.n_factors, self.rates, circle
+            s.n_workers, s.n_stragglers, size, s.n_factors, self.rates, circle, s.dtype
         )
         logger.info("partition %s chosen for %s", chosen, self.rates)
         self.settings = dataclasses.replace(s, partition=chosen)

@@ -285,7 +285,7 @@ def memory_problems(
     )
     need = shard + working
     # float32 halves the shards and the rounds' operands
-    halve = "; or dtype='float32', half of that" if np.dtype(dtype).itemsize > 4 else ""
+    half = " (dtype='float32' needs half)" if np.dtype(dtype).itemsize > 4 else ""
     parts = f"its shard of D, {what}, and a round's operands"
     short = [w for w in workers if w.limit > 0 and need > w.capacity(pause)]
     if short:
@@ -295,7 +295,7 @@ def memory_problems(
         problems.append(
             f"each worker holds {_size(need)} ({parts}); worker {w.address} has "
             f"{_size(room)} ({pause:.0%} of its memory_limit of {_size(w.limit)}, less the "
-            f"{_size(w.used)} it uses): use workers with more memory{advice}{halve}"
+            f"{_size(w.used)} it uses): use workers with more memory{half}{advice}"
         )
     by_host = defaultdict(list)
     for w in workers:
@@ -312,7 +312,7 @@ def memory_problems(
                 f"the fit's {len(members)} workers on host {host} (no memory_limit) hold "
                 f"{_size(need * len(members))} together ({_size(need)} each: {parts}); the "
                 f"host has {_size(available)} available (of {_size(whole)}): spread the workers "
-                f"over more hosts{advice}{halve}"
+                f"over more hosts{half}{advice}"
             )
     return problems
 

@@ -28,7 +28,13 @@ import dask_coded_als
 from dask_coded_als.cli import EXIT_CODES, build_parser, main
 from dask_coded_als.data import checksums
 from dask_coded_als.data import ingest as ingest_mod
-from dask_coded_als.data.ingest import FORMAT_NAMES, IngestReport, ingest, ingest_dataframe
+from dask_coded_als.data.ingest import (
+    FORMAT_NAMES,
+    IngestReport,
+    ingest,
+    ingest_dataframe,
+    ratings_from_dataframe,
+)
 from dask_coded_als.data.store import open_store, ratings_matrix, write_factors
 from dask_coded_als.errors import InputError
 
@@ -1191,3 +1197,17 @@ def test_cli_names_a_damaged_chunk_instead_of_an_internal_error(
     assert err.count("\n") == 1 and "internal error" not in err, err
     assert f"array {name!r} chunk" in err and "is damaged" in err and hint in err, err
     assert "--overwrite" in err or name.startswith("factors"), err
+
+
+@pytest.mark.parametrize("kind", ["pandas", "dask"])
+def test_ratings_from_dataframe_is_the_stored_matrix(csv_reference, kind):
+    frame, reference = csv_reference
+    df = frame if kind == "pandas" else dd.from_pandas(frame, npartitions=3, sort=False)
+    R, user_ids, item_ids = ratings_from_dataframe(df)
+    store = open_store(reference)
+    assert (R != ratings_matrix(store)).nnz == 0 and R.dtype == np.float64
+    assert user_ids.tolist() == store.user_ids.tolist()
+    assert item_ids.tolist() == store.item_ids.tolist()
+    bad = pd.DataFrame({"user": [1, 2], "item": [1, 1], "rating": [4.0, np.nan]})
+    with pytest.raises(InputError, match=r"DataFrame.iloc\[1\]: missing or NaN rating"):
+        ratings_from_dataframe(bad)

@@ -342,3 +342,24 @@ def test_ingest_matrix_keeps_every_row_and_column_in_id_order(tmp_path):
         ingest_matrix(R, tmp_path / "d.zarr", user_ids=np.zeros(M, dtype=int))
     with pytest.raises(InputError, match="store exists"):
         ingest_matrix(R, tmp_path / "m.zarr")
+
+
+def test_fit_of_a_dataframe_is_the_fit_of_its_matrix(client):
+    """A DataFrame of (user, item, rating) rows, shuffled, with string user ids: the same
+    factors as the matrix it describes, rows and columns in sorted id order."""
+    import pandas as pd
+
+    R = ratings(40, 25, seed=3).tocoo()
+    users = np.array([f"u{i:02d}" for i in range(40)])
+    df = pd.DataFrame({"userId": users[R.row], "movieId": R.col + 100, "rating": R.data})
+    df = df.sample(frac=1.0, random_state=0)
+    params = {"n_factors": 3, "n_workers": 7, "n_stragglers": 1, "max_iter": 5, "seed": 0}
+    from_frame = CodedALS(**params).fit(df, client=client)
+    reference = CodedALS(**params).fit(R.tocsr(), client=client)
+    assert from_frame.user_ids_.tolist() == users.tolist()
+    assert from_frame.item_ids_.tolist() == list(range(100, 125))
+    np.testing.assert_allclose(from_frame.item_factors_, reference.item_factors_, atol=1e-9)
+    np.testing.assert_allclose(from_frame.user_factors_, reference.user_factors_, atol=1e-9)
+    assert from_frame.recommend("u05", n=3)[0]["item_id"] in range(100, 125)
+    with pytest.raises(InputError, match="a DataFrame carries its own ids"):
+        CodedALS(**params).fit(df, client=client, user_ids=users)

@@ -211,14 +211,15 @@ def test_a_wide_store_checks_the_row_sums(tmp_path, wide_store, capsys):
     assert problems and "row sums of squares of R" in problems[0], problems
 
 
-def _chunked_gram(path: Path, side: int, change=None) -> None:
-    """D written again in chunks of ``side`` x ``side`` (the layout's own are 2048)."""
+def _chunked_gram(path: Path, side: int, change=None, rows: int | None = None) -> None:
+    """D written again in chunks of ``rows`` (default ``side``) x ``side``."""
     st = open_store(path)
     D, transposed = store_mod.load_gram(st)
     if change is not None:
         D = change(D.copy())
     attrs = {"transposed": transposed, "ingest_id": st.attrs["ingest_id"]}
-    store_mod._write_group(st, "gram", {"D": D}, attrs, {"D": (side, side)}, compressed=False)
+    chunks = {"D": (rows or side, side)}
+    store_mod._write_group(st, "gram", {"D": D}, attrs, chunks, compressed=False)
 
 
 def test_chunks_of_d_are_checked_in_mirrored_pairs(store, capsys):
@@ -232,6 +233,29 @@ def test_chunks_of_d_are_checked_in_mirrored_pairs(store, capsys):
     assert sorted(p.split(": ", 1)[1][:52] for p in problems) == [
         "array 'gram/D' chunk 2,1 is damaged (checksum mismat",
         "gram/D is not symmetric in chunks 0,2 and 2,0: D[3, ",
+    ], problems
+
+
+def test_chunks_of_bands_are_checked_in_square_blocks(store, capsys):
+    """D in chunks of 8 rows by 16 columns (as fits store it: few rows, whole blocks wide):
+    square blocks of 16 are two chunks each, read once; problems name the chunk or the block."""
+    _chunked_gram(store, 16, rows=6)  # rows that do not tile the blocks
+    code, problems, _ = verify(store, capsys)
+    assert code == EXIT_CODES["input"]
+    assert problems == [
+        f"{store}: gram/D has chunks (6, 16), the layout's have a multiple of the rows as "
+        "columns; remove the store's gram/ and run fit to compute D again"
+    ]
+    _chunked_gram(store, 16, rows=8)  # 40 x 40: 5 x 3 chunks, 3 x 3 blocks
+    report = verify_store(store)
+    assert report.clean and report.chunks == 13 + 15
+    _chunked_gram(store, 16, set_entry(3, 37, 1e5), rows=8)
+    flip_bit(chunk_file(store, "gram/D", (3, 1)), offset=100)
+    code, problems, _ = verify(store, capsys)
+    assert code == EXIT_CODES["input"]
+    assert sorted(p.split(": ", 1)[1][:52] for p in problems) == [
+        "array 'gram/D' chunk 3,1 is damaged (checksum mismat",
+        "gram/D is not symmetric in blocks 0,2 and 2,0: D[3, ",
     ], problems
 
 

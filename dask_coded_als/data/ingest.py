@@ -109,6 +109,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import zarr
 from zarr.storage import LocalStore
 
@@ -127,6 +128,8 @@ __all__ = [
     "ingest",
     "ingest_dataframe",
     "ingest_matrix",
+    "is_dataframe",
+    "ratings_from_dataframe",
 ]
 
 #: The text formats ``format`` accepts (besides the aliases).
@@ -1269,8 +1272,25 @@ def ingest_dataframe(
     (2, 1, 2)
     """
     t0 = time.perf_counter()
+    _check_movies(movies)
+    store = Path(store_path)
+    _check_target(store, overwrite, [])
+    data = _collect_frame(df, user, item, rating, timestamp, chunk_rows)
+    source = {"format": "dataframe", "source": "DataFrame", "sha256": None}
+    return _store(store, data, source, strict, movies, t0)
+
+
+def is_dataframe(obj: Any) -> bool:
+    """Whether ``obj`` is a pandas or dask DataFrame (duck-typed: neither is imported)."""
+    return hasattr(obj, "columns") and hasattr(obj, "iloc")
+
+
+def _collect_frame(
+    df: Any, user: Any, item: Any, rating: Any, timestamp: Any, chunk_rows: int
+) -> _Collected:
+    """The checked columns of a DataFrame, found by name or position as ingest_dataframe says."""
     _check_chunk_rows(chunk_rows)
-    if not (hasattr(df, "columns") and hasattr(df, "iloc")):
+    if not is_dataframe(df):
         raise InputError(f"expected a pandas or dask DataFrame, not {type(df).__name__}")
     names = [str(c) for c in df.columns]
     given = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
@@ -1278,9 +1298,6 @@ def ingest_dataframe(
     positions = _resolve_roles(_check_columns(given), names, len(names), "DataFrame")
     if timestamp is False:
         positions.pop("timestamp", None)
-    _check_movies(movies)
-    store = Path(store_path)
-    _check_target(store, overwrite, [])
 
     def describe(record: int, first: int) -> tuple[str, str]:
         return f"DataFrame.iloc[{record}]", f"iloc[{first}]"
@@ -1292,8 +1309,44 @@ def ingest_dataframe(
             raise InputError(f"DataFrame.iloc[{data.n + bad[0]}]: {bad[1]}")
     if data.n == 0:
         raise InputError("DataFrame: no ratings (no rows)")
-    source = {"format": "dataframe", "source": "DataFrame", "sha256": None}
-    return _store(store, data, source, strict, movies, t0)
+    return data
+
+
+def ratings_from_dataframe(
+    df: Any,
+    *,
+    user: str | None = None,
+    item: str | None = None,
+    rating: str | None = None,
+    strict: bool = False,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """The rating matrix of a DataFrame with one rating per row, in memory, and its ids.
+
+    Columns are found as :func:`ingest_dataframe` finds them and checked the same way (ids
+    integers or strings, ratings finite numbers; duplicates: the last wins, or an error when
+    ``strict``). Rows and columns of R follow the sorted distinct user and item ids.
+
+    Returns
+    -------
+    R : scipy.sparse.csr_matrix, shape (n_users, n_items)
+    user_ids, item_ids : ndarray
+        The id of each row and column of R (int64, or object for strings).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"user": ["a", "b", "a"], "item": [7, 7, 3], "rating": [4.0, 5, 1]})
+    >>> R, users, items = ratings_from_dataframe(df)
+    >>> R.toarray(), users.tolist(), items.tolist()
+    (array([[1., 4.],
+           [0., 5.]]), ['a', 'b'], [3, 7])
+    """
+    parsed = _finish(_collect_frame(df, user, item, rating, False, 1_000_000), strict)
+    R = sp.csr_matrix(
+        (parsed["rating"].astype(np.float64), parsed["item"], parsed["indptr"]),
+        shape=(parsed["n_users"], parsed["n_items"]),
+    )
+    return R, parsed["user_ids"], parsed["item_ids"]
 
 
 def check_ids(ids: Any, size: int, name: str) -> tuple[np.ndarray, str]:

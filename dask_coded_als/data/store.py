@@ -633,10 +633,12 @@ GRAM_CHUNK_ROWS = 128
 
 
 def _gram_chunks(side: int, block: int = GRAM_BLOCK) -> tuple[int, int]:
-    rows = min(GRAM_CHUNK_ROWS, block)
-    if block % rows:
-        rows = block  # a task's block must be whole chunks
-    return max(1, min(rows, side)), max(1, min(block, side))
+    """Chunks of a stored D: GRAM_CHUNK_ROWS rows by a multiple of that many columns (a task's
+    whole block, or D's side rounded up), so that square blocks of a chunk's width are whole
+    chunks, as verify reads them; square when ``block`` is no multiple of the rows."""
+    rows = min(GRAM_CHUNK_ROWS, block, side)
+    cols = min(block, -(-side // rows) * rows)
+    return (rows if cols % rows == 0 else cols), cols
 
 
 def _gram_pair_task(

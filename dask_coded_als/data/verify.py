@@ -237,18 +237,23 @@ def _check_gram_group(st: RatingsStore, D: zarr.Array, R: sp.csr_matrix | None, 
             f"{st.path}: gram/D has shape {D.shape}, expected ({side}, {side}); {hint('gram/D')}"
         )
         return
-    square = _square_chunks(st.path, D)
-    if square is not None:
-        bad.append(square)
+    tiling = _tiled_chunks(st.path, D)
+    if tiling is not None:
+        bad.append(tiling)
         return
     _scan_gram(st.path, D, _factor_of_gram(R, transposed), transposed, report)
 
 
-def _square_chunks(path: Path, D: zarr.Array) -> str | None:
-    """The problem of a D whose chunks are not square (the scan reads mirrored chunks)."""
-    if D.chunks[0] == D.chunks[1]:
+def _tiled_chunks(path: Path, D: zarr.Array) -> str | None:
+    """The problem of a D whose chunks do not tile square blocks of a chunk's width (the scan
+    reads such blocks and their mirrors)."""
+    rows, cols = D.chunks
+    if cols % rows == 0:
         return None
-    return f"{path}: gram/D has chunks {D.chunks}, the layout's are square; {hint('gram/D')}"
+    return (
+        f"{path}: gram/D has chunks {D.chunks}, the layout's have a multiple of the rows as "
+        f"columns; {hint('gram/D')}"
+    )
 
 
 def _factor_of_gram(R: sp.csr_matrix | None, transposed: bool) -> sp.csc_matrix | None:
@@ -266,12 +271,17 @@ def _scan_gram(
     report: Report,
     pairs: list[tuple[int, int]] | None = None,
 ) -> None:
-    """Read D's chunks once each: checksums, finite, symmetric (the diagonal chunks, then the
-    off-diagonal chunks (a, b), a < b, of ``pairs`` (all by default) with their mirrors); then
+    """Read D's chunks once each: checksums, finite, symmetric (the diagonal blocks, then the
+    off-diagonal blocks (a, b), a < b, of ``pairs`` (all by default) with their mirrors); then
     D's diagonal against X = R (R^T when D = R R^T), and, when every chunk was read, D x for a
-    random x against X^T (X x). Nothing is compared with X once a problem is found in D."""
-    n, step = D.shape[0], D.chunks[0]
-    g = D.cdata_shape[0]
+    random x against X^T (X x). Nothing is compared with X once a problem is found in D.
+
+    A block is square, a chunk wide: the chunks of rows of a chunk's width in one column of
+    chunks (one chunk when chunks are square, the name problems use)."""
+    n, step = D.shape[0], D.chunks[1]
+    per_block = D.chunks[1] // D.chunks[0]
+    g = D.cdata_shape[1]
+    name = "chunk" if per_block == 1 else "block"
     every = pairs is None
     if pairs is None:
         pairs = [(a, b) for a in range(g) for b in range(a + 1, g)]
@@ -281,15 +291,21 @@ def _scan_gram(
     sound = True  # no problem found in D yet: then compare it with R
 
     def chunk(a: int, b: int) -> np.ndarray | None:
+        """Block (a, b), or None when one of its chunks is damaged (reported)."""
         nonlocal sound
-        report.chunks += 1
-        block, problem = read_chunk(D, path, "gram/D", (a, b))
-        if problem is None and not np.all(np.isfinite(block)):
-            block, problem = None, damaged(path, "gram/D", (a, b), "NaN or infinite values")
-        if problem is not None:
-            report.problems.append(problem)
-            sound = False
-        return block
+        parts = []
+        for row in range(a * per_block, min((a + 1) * per_block, D.cdata_shape[0])):
+            report.chunks += 1
+            part, problem = read_chunk(D, path, "gram/D", (row, b))
+            if problem is None and not np.all(np.isfinite(part)):
+                part, problem = None, damaged(path, "gram/D", (row, b), "NaN or infinite values")
+            if problem is not None:
+                report.problems.append(problem)
+                sound = False
+            parts.append(part)
+        if any(part is None for part in parts):
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def symmetric(a: int, b: int, upper: np.ndarray, lower: np.ndarray) -> None:
         nonlocal sound
@@ -306,7 +322,7 @@ def _scan_gram(
         if np.any(off):
             sound = False
             i, j = (int(k) for k in np.argwhere(off)[0])
-            where = f"chunk {a},{a}" if a == b else f"chunks {a},{b} and {b},{a}"
+            where = f"{name} {a},{a}" if a == b else f"{name}s {a},{b} and {b},{a}"
             report.problems.append(
                 f"{path}: gram/D is not symmetric in {where}: "
                 f"D[{rows.start + i}, {cols.start + j}] = {upper[i, j]:.6g} but "
@@ -415,13 +431,13 @@ def check_gram(
     probes: int = PROBES,
     rng: np.random.Generator | None = None,
 ) -> None:
-    """Before a fit uses the stored D: its diagonal chunks (finite, symmetric, the diagonal
-    equal to R's sums of squares) and ``probes`` random off-diagonal chunks, each compared with
-    its mirror.
+    """Before a fit uses the stored D: its diagonal blocks (finite, symmetric, the diagonal
+    equal to R's sums of squares) and ``probes`` random off-diagonal blocks, each compared with
+    its mirror (blocks as :func:`verify_store` reads them: square, a chunk of D wide).
 
     Damage on disk (a flipped bit, a chunk cut short or overwritten) changes one of two mirrored
     entries, so a probed pair finds it; D as a whole is compared with R by
-    :func:`verify_store`. Reads ``g + 2 probes`` of the ``g x g`` chunks of D.
+    :func:`verify_store`. Reads ``g + 2 probes`` of its ``g x g`` blocks.
 
     Parameters
     ----------
@@ -444,10 +460,10 @@ def check_gram(
     """
     arr = getattr(D, "zarr", D)
     report = Report(store.path)
-    square = _square_chunks(store.path, arr)
-    if square is not None:
-        raise InputError(square)
-    g = arr.cdata_shape[0]
+    tiling = _tiled_chunks(store.path, arr)
+    if tiling is not None:
+        raise InputError(tiling)
+    g = arr.cdata_shape[1]
     pairs = [(a, b) for a in range(g) for b in range(a + 1, g)]
     rng = np.random.default_rng() if rng is None else rng
     chosen = rng.choice(len(pairs), size=min(probes, len(pairs)), replace=False)

@@ -15,7 +15,7 @@ from dask_coded_als._util import check_int
 from dask_coded_als.coding import theory
 from dask_coded_als.coding.codes import partition
 from dask_coded_als.coding.points import POINT_FAMILIES
-from dask_coded_als.data.ingest import check_ids
+from dask_coded_als.data.ingest import check_ids, is_dataframe, ratings_from_dataframe
 from dask_coded_als.engine.cluster import cluster_for
 from dask_coded_als.engine.master import Master, Settings
 from dask_coded_als.engine.schemes import is_source
@@ -407,8 +407,12 @@ class CodedALS(RecommenderMixin):
 
         Parameters
         ----------
-        R : ndarray, scipy.sparse matrix or dask array, shape (m, n)
-            Ratings; missing entries are 0.
+        R : ndarray, scipy.sparse matrix, dask array, shape (m, n), or DataFrame
+            Ratings; missing entries are 0. A pandas or dask DataFrame holds one rating per
+            row, in columns named as a ratings file's header names them (``userId``,
+            ``user_id``, ``item``, ``movieId``, ``rating``, ...) or, with 3 or 4 columns, in
+            that order; its user and item ids become ``user_ids_`` and ``item_ids_``
+            (:func:`dask_coded_als.data.ingest.ratings_from_dataframe`).
         client : distributed.Client or None
             The cluster to run on. None starts a LocalCluster of ``n_workers`` processes on
             127.0.0.1 and closes it afterwards.
@@ -446,6 +450,10 @@ class CodedALS(RecommenderMixin):
         -------
         self
         """
+        if is_dataframe(R):
+            if user_ids is not None or item_ids is not None:
+                raise InputError("a DataFrame carries its own ids: pass no user_ids or item_ids")
+            R, user_ids, item_ids = ratings_from_dataframe(R)
         R = _check_data(R)
         m, n = R.shape
         settings = self._settings((m, n))

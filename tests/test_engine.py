@@ -40,10 +40,19 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 # -- the iterates of the reference, for every protocol, h, shape and ridge ----------------------
 
 
-@pytest.mark.parametrize("protocol", ["fast", "paper"])
-@pytest.mark.parametrize("shape", [(50, 37), (29, 52)])  # m >= n and m < n; 37 and 29 need padding
-@pytest.mark.parametrize("h", [1, 2])
-@pytest.mark.parametrize("regularization", [0.0, 0.5])
+# m >= n and m < n (37 and 29 need padding), h = 1 and 2, with and without the ridge: every
+# combination for the default protocol; the paper's (three exchanges a round, the same iterates)
+# on two combinations that between them cover each value.
+FAST_CASES = [
+    ("fast", shape, h, regularization)
+    for shape in [(50, 37), (29, 52)]
+    for h in [1, 2]
+    for regularization in [0.0, 0.5]
+]
+PAPER_CASES = [("paper", (50, 37), 2, 0.5), ("paper", (29, 52), 1, 0.0)]
+
+
+@pytest.mark.parametrize("protocol,shape,h,regularization", FAST_CASES + PAPER_CASES)
 def test_coded_fit_equals_reference_als(client, protocol, shape, h, regularization):
     R = low_rank(*shape)
     reference = fit_als(R, 4, max_iter=6, tol=0, seed=3, regularization=regularization)
@@ -369,29 +378,6 @@ def test_an_error_of_the_checkpoint_ends_the_fit_without_an_extra_update(client)
         model.fit(low_rank(30, 20), client=client, checkpoint=checkpoint, callback=seen.append)
     assert calls == [1, 2]
     assert [e["iteration"] for e in seen] == [0, 1]
-
-
-def test_more_kills_than_tolerated_recover_on_restarted_workers(client):
-    # s = 1 but four of eight workers die at once: fewer than K = 5 remain until the nannies
-    # restart them; the lost shards go to the restarted workers and the fit ends as without faults.
-    R = low_rank(40, 30, seed=10)
-    reference = fit_als(R, 3, max_iter=5, tol=0, seed=0)
-    model = CodedALS(3, n_workers=N_WORKERS, n_stragglers=1, max_iter=5, tol=0, seed=0)
-
-    def kill_four(entry):
-        if entry["iteration"] == 1:
-            victims = [model.workers_[w] for w in range(4)]
-            client.run(_kill_self, workers=victims, on_error="ignore")
-
-    model.fit(R, client=client, callback=kill_four)
-    assert model.recoveries_ >= 1  # 4 live workers < K = 5: the fit needed a replacement
-    assert product_gap(model, reference) < 1e-9
-
-
-def _kill_self():
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_workers_that_never_come_back_give_a_bounded_error():

@@ -199,7 +199,6 @@ BENCH_QUICK = BenchConfig(
 
 
 METHODS = ("coded", "coded-paper", "uncoded", "replication")
-#: mode and protocol of each ALS method of the benchmark
 
 
 #: mode and protocol of each ALS method of the benchmark

@@ -287,8 +287,12 @@ def test_no_cluster_queries_per_round(client, monkeypatch):
         return worker_addresses(the_client)
 
     monkeypatch.setattr(master, "worker_addresses", counting)
-    CodedALS(3, n_workers=N_WORKERS, max_iter=8, tol=0, seed=0).fit(low_rank(30, 20), client=client)
-    assert len(calls) == 1  # joining the cluster, not once per round
+    per_round = []
+    CodedALS(3, n_workers=N_WORKERS, max_iter=8, tol=0, seed=0).fit(
+        low_rank(30, 20), client=client, callback=lambda entry: per_round.append(len(calls))
+    )
+    assert 1 <= per_round[0] and len(per_round) == 9  # joining the cluster, placing the shards
+    assert per_round[-1] == per_round[0]  # and not once in any round after
 
 
 def test_a_stage_holding_its_threshold_decodes_at_its_timeout(client, monkeypatch):
@@ -597,3 +601,30 @@ def test_more_wrong_answers_than_verify_is_a_cluster_error(client):
 def test_bad_verify(client, kwargs, message):
     with pytest.raises(InputError, match=message):
         CodedALS(2, n_workers=N_WORKERS, **kwargs).fit(low_rank(10, 8), client=client)
+
+
+def _misaligned(values: np.ndarray) -> np.ndarray:
+    """``values`` in memory that starts one byte past an aligned address, as an array can
+    arrive in a message."""
+    raw = np.zeros(values.nbytes + 1, dtype=np.uint8)
+    view = np.frombuffer(raw.data, dtype=values.dtype, count=values.size, offset=1)
+    view = view.reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def test_tasks_compute_on_aligned_copies_of_misaligned_arrays():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((40, 30)), rng.standard_normal((40, 5))
+    shifted = _misaligned(a)
+    assert not shifted.flags.aligned
+    copy = tasks.aligned(shifted)
+    assert copy.flags.aligned and np.array_equal(copy, a)
+    assert tasks.aligned(a) is a and tasks.aligned("x") == "x"  # nothing else is copied
+
+    def product(x, y, interrupt):
+        assert x.flags.aligned and y.flags.aligned  # numpy's BLAS path needs it
+        return matmul_t(x, y, interrupt)
+
+    report = tasks.run_task("fit", 0, 0, "stop-aligned", TaskDelay(), product, shifted, b)
+    np.testing.assert_array_equal(report.value, matmul_t(a, b))

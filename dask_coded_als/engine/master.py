@@ -434,12 +434,13 @@ class Master:
                 allow_other_workers=False,
                 pure=False,
             )
+        sent = []
         for w in workers:
             if w in remote:
                 continue
             shard = scheme.shard(w)
             try:
-                self.shards[w] = self.client.scatter(
+                scattered = self.client.scatter(
                     shard,
                     workers=[self.address[w]],
                     direct=True,
@@ -452,8 +453,18 @@ class Master:
                 self.shards[w] = None
                 continue
             self.bytes_sent += shard.nbytes
-            placed()
-        self._await_shards(remote, placed)
+            # A scattered array may lie unaligned in the worker's memory, where numpy
+            # multiplies it without BLAS: the worker keeps an aligned copy instead.
+            self.shards[w] = self.client.submit(
+                tasks.aligned,
+                scattered,
+                key=f"shard-w{w}-{self.token}-{uuid.uuid4().hex[:6]}",
+                workers=[self.address[w]],
+                allow_other_workers=False,
+                pure=False,
+            )
+            sent.append(w)
+        self._await_shards(remote + sent, placed)
 
     def _opens_source(self, w: int, source: Any) -> bool:
         """Whether worker w can open ``source`` (asked once per address, all at once at the

@@ -27,6 +27,7 @@ from dask_coded_als.engine.stragglers import TaskDelay
 
 __all__ = [
     "TaskReport",
+    "aligned",
     "build_shard",
     "open_source",
     "row_block_product",
@@ -88,6 +89,7 @@ def run_task(
     flag = _flag(stop_key)
     started = time.time()
     cpu0, start = time.thread_time(), time.perf_counter()
+    args = tuple(aligned(a) for a in args)  # an operand arrives in a message (a copy of MBs)
     value = None if flag.is_set() else compute(*args, interrupt=flag.is_set)
     if value is not None and delay.corrupt:
         value = _corrupted(value, delay.corrupt, (exchange, worker))
@@ -121,6 +123,18 @@ def row_block_product(
 ) -> np.ndarray | None:
     """``block @ B`` (the baselines' product) in row chunks; None if interrupted."""
     return matmul_t(block.T, B, interrupt)
+
+
+def aligned(value: Any) -> Any:
+    """``value``, copied to aligned memory if it is an array that is not.
+
+    An array that arrives in a message may start at any byte of the message's buffer (a
+    scattered one at an address that is not a multiple of 8 was seen), and numpy multiplies
+    such arrays without BLAS: a worker's product took 0.28 s instead of 0.08 s.
+    """
+    if isinstance(value, np.ndarray) and not value.flags.aligned:
+        return np.require(value, requirements="A")
+    return value
 
 
 def open_source(source: Any) -> str | None:

@@ -56,6 +56,7 @@ class FaultInjector:
         self._address_of = address_of
         self._fired: set[Kill] = set()
         self._timers: list[threading.Timer] = []
+        self._finished = threading.Event()  # the fit has ended: stop watching for deaths
         self._lock = threading.Lock()
         #: The kills that happened: worker, round, address and seconds until the scheduler saw
         #: the worker gone.
@@ -82,7 +83,7 @@ class FaultInjector:
         with contextlib.suppress(Exception):
             # The worker dies before it can answer: whatever run() reports is expected.
             self._client.run(_kill_self, workers=[address], on_error="ignore")
-        while time.monotonic() - start < DEATH_TIMEOUT:
+        while time.monotonic() - start < DEATH_TIMEOUT and not self._finished.is_set():
             with contextlib.suppress(Exception):
                 if address not in worker_addresses(self._client):
                     with self._lock:
@@ -96,7 +97,8 @@ class FaultInjector:
                         )
                     return
             time.sleep(0.05)
-        logger.warning("worker %d (%s) was killed but is still listed", kill.worker, address)
+        if not self._finished.is_set():
+            logger.warning("worker %d (%s) was killed but is still listed", kill.worker, address)
 
     def finish(self, timeout: float = DEATH_TIMEOUT) -> None:
         """Cancel the kills not fired yet and wait (bounded) for the fired ones to be seen."""
@@ -105,4 +107,7 @@ class FaultInjector:
             timer.cancel()
         for timer in self._timers:
             timer.join(max(0.0, deadline - time.monotonic()))
+        # A kill still unseen now is not recorded (its worker may live on): its timer stops
+        # watching instead of outliving the fit by up to DEATH_TIMEOUT.
+        self._finished.set()
         self._timers = []

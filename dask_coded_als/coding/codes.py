@@ -755,8 +755,8 @@ class ALSCode:
         D is read once, in bands of whole rows of about ``strip_bytes`` (a multiple of D's chunk
         rows when it has chunks, so that a D stored on disk is read chunk by chunk, each chunk
         once). Each band is added into the shard a few rows at a time, block by block, so that
-        the rows of D, of the shard and of their product stay in the processor's cache: the
-        shard is built at the speed of reading D, not of the memory. With real points in
+        the rows of D, of the shard and of their product stay in the processor's cache while
+        they are scaled and added. With real points in
         float64 the sums are those of :meth:`encode_data`, in the same order; on the circle, or
         summed in float32, they agree to rounding.
         """

@@ -469,3 +469,21 @@ def test_float32_results_decode_in_float64_from_the_circle_only():
     assert choose_points(13, 11, 3) == "real"
     assert choose_points(13, 11, 3, "float32") == "circle"
     assert choose_points(13, 11, 1, "float32") == "circle"
+
+
+def test_the_real_embedding_of_the_circle_code_has_its_conditioning_and_costs_more():
+    """pipelines/rotation_table.py: the 2 x 2 rotation-matrix form of the circle's Vandermonde
+    systems has the complex system's condition number, and its one real GEMM is the complex
+    product."""
+    from support import load_script
+
+    table = load_script("dask_coded_als_pipelines_rotation_table", "pipelines/rotation_table.py")
+    for h in (2, 3):
+        _, _, complex_cond, real_cond = table.conditioning(h)
+        assert real_cond == pytest.approx(complex_cond, rel=1e-9)
+    seconds = table.products(60, 4, 1)  # checks the embedded product against the complex one
+    assert set(seconds) == {
+        "real points",
+        "circle, 3 real GEMMs (Gauss)",
+        "circle, embedded: 1 real GEMM",
+    }

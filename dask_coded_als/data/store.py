@@ -596,13 +596,7 @@ def compute_gram(
         with _BlocksDone(progress, "block_gram", len(parts)):
             (result,) = dask.compute(tree_sum(parts, node, split_every), scheduler=scheduler)
         gram = result.toarray() if sp.issparse(result) else np.asarray(result, dtype=np.float64)
-    attrs = {
-        "transposed": transposed,
-        "n_users": st.n_users,
-        "n_items": st.n_items,
-        "ingest_id": st.attrs.get("ingest_id"),
-        "weighting": weighting.name if weighted else "none",
-    }
+    attrs = _gram_attrs(st, transposed, weighting)
     # Uncompressed: the fit reads D once per worker's shard, and a dense Gram matrix hardly
     # compresses, so decompression would only cost time.
     _write_group(
@@ -615,6 +609,19 @@ def compute_gram(
         compressed=False,
     )
     return gram, transposed
+
+
+def _gram_attrs(st: RatingsStore, transposed: bool, weighting: Any) -> dict[str, Any]:
+    """What the gram group records of the D it holds: which product of which ingest, and of
+    R weighted how."""
+    weighted = weighting is not None and weighting.name != "none"
+    return {
+        "transposed": transposed,
+        "n_users": st.n_users,
+        "n_items": st.n_items,
+        "ingest_id": st.attrs.get("ingest_id"),
+        "weighting": weighting.name if weighted else "none",
+    }
 
 
 def _gram_dtype(dtype: Any) -> np.dtype:
@@ -707,13 +714,7 @@ def compute_gram_on_cluster(
     ]
     tmp = _tmp_name("tmp", "gram")
     weighted = weighting is not None and weighting.name != "none"
-    attrs = {
-        "transposed": transposed,
-        "n_users": st.n_users,
-        "n_items": st.n_items,
-        "ingest_id": st.attrs.get("ingest_id"),
-        "weighting": weighting.name if weighted else "none",
-    }
+    attrs = _gram_attrs(st, transposed, weighting)
     try:
         root = zarr.open_group(LocalStore(st.path), mode="r+")
         created = root.create_group(tmp, attributes=attrs)
